@@ -1,0 +1,257 @@
+"""Command line: `python -m mapslib <command> ...`.
+
+Each command loads a model once, runs one experiment from the library, and writes a tidy table
+atomically with a JSON of its parameters beside it (`FILE.csv` -> `FILE.csv.json`). Errors a user can
+fix are printed as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mapslib.errors import BadArgument, MapsError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {}
+
+
+def command(name: str) -> Callable:
+    """Register a `cmd_*` function as a subcommand."""
+
+    def register(fn: Callable[[argparse.Namespace], None]) -> Callable:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def log(message: str) -> None:
+    """Progress and skip messages go to stderr, so stdout stays clean for pipes."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="alias (smollm2-135m, gemma3-270m), .gguf path, folder or hub id",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where to compute (default: auto)",
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a hub model's own code (off by default)",
+    )
+
+
+def _check_out(path: str, suffixes: tuple[str, ...]) -> Path:
+    out = Path(path)
+    if out.suffix.lower() not in suffixes:
+        raise BadArgument(f"--out must end in {' or '.join(suffixes)}, got {path!r}")
+    return out
+
+
+def run_header(args: argparse.Namespace, loaded: Any) -> dict[str, Any]:
+    """The parameters every result records: command, arguments, model, versions, time."""
+    from mapslib.io import environment
+
+    return {
+        "command": " ".join(["python -m mapslib", *args.argv]),
+        "arguments": {k: v for k, v in vars(args).items() if k != "argv"},
+        "model": loaded.info(),
+        "environment": environment(),
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# --- relations --------------------------------------------------------------------------------------
+
+
+def _relations_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "relations", help="score every head on predefined relations (promote and suppress)"
+    )
+    _model_args(p)
+    p.add_argument(
+        "--relations",
+        nargs="+",
+        default=None,
+        metavar="NAME_OR_FILE",
+        help="shipped names/aliases or .json/.csv files (default: all shipped)",
+    )
+    p.add_argument(
+        "--layers", default=None, help="comma-separated layers, e.g. 0,5,12 (default: all)"
+    )
+    p.add_argument(
+        "--k",
+        type=int,
+        default=None,
+        help="top-k for every relation (default: PROTOCOL.md's rule by vocabulary size)",
+    )
+    p.add_argument(
+        "--embedding",
+        default="paper",
+        choices=["paper", "raw", "mlp0-residual"],
+        help="E_in mode (default: paper)",
+    )
+    p.add_argument(
+        "--min-pairs",
+        type=int,
+        default=30,
+        help="skip relations with fewer single-token pairs (default: 30)",
+    )
+    p.add_argument("--out", required=True, help="output CSV; parameters go to OUT.json")
+
+
+@command("relations")
+def cmd_relations(args: argparse.Namespace) -> None:
+    """Score every head on every relation and write the long table."""
+    from mapslib.adapters import HeadWeights
+    from mapslib.io import write_table
+    from mapslib.kernels import KernelStats
+    from mapslib.models import load_model
+    from mapslib.relations import load_relations, scorable, tokenize_relation
+    from mapslib.scores import parse_layers, relation_k, relation_scores
+
+    out = _check_out(args.out, (".csv",))
+    if args.k is not None and args.k < 1:
+        raise BadArgument(f"--k must be a positive integer, got {args.k}")
+    t0 = time.perf_counter()
+    relations = load_relations(args.relations)  # validate files before the slow model load
+    loaded = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
+    t_load = time.perf_counter() - t0
+    hw = HeadWeights(loaded.model)
+    layers = parse_layers(args.layers, hw.n_layers)
+    tokenized = scorable(relations, loaded.tokenizer, args.min_pairs, log=log)
+    stats = KernelStats()
+    t1 = time.perf_counter()
+    df = relation_scores(
+        hw,
+        tokenized,
+        layers=layers,
+        k=args.k,
+        embedding=args.embedding,
+        progress=sys.stderr.isatty(),
+        stats=stats,
+    )
+    t_score = time.perf_counter() - t1
+    kept = {t.name: t for t in tokenized}
+    params = run_header(args, loaded) | {
+        "layers": layers,
+        "embedding": args.embedding,
+        "k_rule": "override"
+        if args.k is not None
+        else "PROTOCOL.md: |V|<100k -> 1 (copying) / 10; else 3 / 25",
+        "relations": [
+            {
+                "name": r.name,
+                "category": r.category,
+                "path": r.path,
+                "sha256": r.sha256,
+                "pairs": len(r),
+                "single_token_pairs": len(tokenize_relation(r, loaded.tokenizer))
+                if r.name not in kept
+                else len(kept[r.name]),
+                "scored": r.name in kept,
+                "k": relation_k(kept[r.name], hw.vocab_size, args.k) if r.name in kept else None,
+            }
+            for r in relations
+        ],
+        "kernel": {"rows": stats.rows, "full_rows": stats.full_rows, "flops": stats.flops},
+        "timings_s": {
+            "load": round(t_load, 3),
+            "score": round(t_score, 3),
+            "total": round(time.perf_counter() - t0, 3),
+        },
+    }
+    write_table(out, df, params)
+    log(
+        f"wrote {len(df)} rows to {out} ({len(tokenized)} relations, {len(layers)} layers, {t_score:.1f}s scoring)"
+    )
+
+
+# --- book -----------------------------------------------------------------------------------------------
+
+
+def _book_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "book", help="run every chapter for a model with papermill, then build the HTML book"
+    )
+    p.add_argument(
+        "--model", default="smollm2-135m", help="model alias, .gguf path, folder or hub id"
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--chapters", nargs="+", default=None, help="e.g. 01 02 (default: all)")
+    p.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        metavar="NAME=VALUE",
+        help="extra chapter parameter (JSON value)",
+    )
+    p.add_argument(
+        "--no-build", action="store_true", help="run the chapters but do not build the HTML"
+    )
+
+
+@command("book")
+def cmd_book(args: argparse.Namespace) -> None:
+    """Execute the chapters into book/models/<model>/, regenerate _toc.yml, build _build/html."""
+    from mapslib import book
+    from mapslib.models import model_slug
+
+    selected = book.select_chapters(args.chapters, book.chapters())
+    params = {"device": args.device} | book.parse_parameters(args.parameter)
+    for chapter in selected:
+        t = time.perf_counter()
+        log(f"running {chapter} for {args.model} ...")
+        try:
+            book.run_chapter(chapter, args.model, params)
+        except Exception as e:  # papermill's error carries the failing cell; keep its last line
+            if type(e).__name__ != "PapermillExecutionError":
+                raise
+            where = book.BOOK / "models" / model_slug(args.model) / f"{chapter}.ipynb"
+            raise MapsError(f"chapter {chapter} failed ({e.ename}: {e.evalue}); the executed notebook is {where}") from None
+        log(f"  {chapter} done in {time.perf_counter() - t:.0f}s")
+    book.write_model_index(args.model)
+    book.write_toc()
+    if not args.no_build:
+        index = book.build_html()
+        log(f"book built: {index}")
+
+
+# --- entry point ------------------------------------------------------------------------------------
+
+PARSERS = [_relations_parser, _book_parser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of every command."""
+    parser = argparse.ArgumentParser(prog="python -m mapslib", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in PARSERS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the command, and turn user errors into one clear line."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        COMMANDS[args.command](args)
+    except MapsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,70 @@
+"""E_in: the token representations a head's W_VO is read on.
+
+Modes (PROTOCOL.md; `paper` is the default):
+* `paper`: layer 0 reads raw E; layers >= 1 read MLP_0(LN2_0(E)), the first block's MLP applied to the
+  normed embeddings, without the residual. (The paper's authors found this closer to what later
+  layers see; Llama-3.1-70B was analysed with `raw`.)
+* `raw`: E in every layer.
+* `mlp0-residual`: layer 0 reads E; layers >= 1 read E + MLP_0(LN2_0(E)), the residual stream
+  after the first MLP if attention 0 wrote nothing.
+
+Layer-0 heads always read raw E: the first attention layer precedes the first MLP.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mapslib.adapters import HeadWeights
+from mapslib.errors import BadArgument
+
+EMBEDDING_MODES = ("paper", "raw", "mlp0-residual")
+
+
+def embedding_kind(mode: str, layer: int) -> str:
+    """Which representation heads of `layer` read: `raw`, `mlp0` or `mlp0-residual`."""
+    if mode not in EMBEDDING_MODES:
+        raise BadArgument(
+            f"unknown embedding mode {mode!r}; choose one of {', '.join(EMBEDDING_MODES)}"
+        )
+    if layer == 0 or mode == "raw":
+        return "raw"
+    return "mlp0" if mode == "paper" else "mlp0-residual"
+
+
+class InputEmbeddings:
+    """E_in rows for a fixed set of tokens, computed once per kind and shared by all layers."""
+
+    def __init__(
+        self, hw: HeadWeights, token_ids: Tensor | None, mode: str = "paper", chunk: int = 8192
+    ):
+        embedding_kind(mode, 1)  # validate early
+        self.hw, self.mode, self.chunk = hw, mode, chunk
+        self.token_ids = token_ids  # None: the whole vocabulary
+        self._cache: dict[str, Tensor] = {}
+
+    def raw(self) -> Tensor:
+        """Rows of E (scaled as in the forward pass)."""
+        if "raw" not in self._cache:
+            ids = self.token_ids
+            self._cache["raw"] = self.hw.embedding() if ids is None else self.hw.embed(ids)
+        return self._cache["raw"]
+
+    def kind(self, kind: str) -> Tensor:
+        """Rows for one representation kind; the MLP runs in chunks to bound memory."""
+        if kind == "raw":
+            return self.raw()
+        if "mlp0" not in self._cache:
+            raw = self.raw()
+            parts = [
+                self.hw.mlp0(raw[i : i + self.chunk]) for i in range(0, raw.shape[0], self.chunk)
+            ]
+            self._cache["mlp0"] = torch.cat(parts)
+        if kind == "mlp0-residual" and kind not in self._cache:
+            self._cache[kind] = self.raw() + self._cache["mlp0"]
+        return self._cache[kind]
+
+    def for_layer(self, layer: int) -> Tensor:
+        """E_in rows for heads of `layer` under this mode."""
+        return self.kind(embedding_kind(self.mode, layer))

@@ -1,0 +1,187 @@
+"""Matrix kernels over rows of M = A @ W_O @ U, never forming |V| x |V| nor d x d.
+
+A head's rows for a set of source tokens are `a @ w_o @ U`, where `a = E_in[src] @ W_V` is n x d_head
+(d_head << d) and is shared by all query heads that read the same kv head. Two questions are asked of
+such rows, always in column blocks so memory stays bounded:
+
+* `count_outside`: for each row, how many entries lie above / below the row's target entry. The target
+  is in the top-k (bottom-k) of its row iff fewer than k entries lie above (below) it, so one pass
+  answers promotion and suppression for every k up to `cap`. It first counts over a fixed sample of
+  columns: a row with `cap` or more entries on both sides within the sample is decided, exactly, without
+  its other columns. Only the undecided rows get a full pass. The answer is exact; the sample only
+  changes the speed. A tie with the target counts on neither side (the most favourable tie-break).
+* `topk_rows`: the top-k entries (values and columns) of each row, for salient mappings.
+
+The full-row pass picks the cheaper association per head: `(a @ w_o) @ U` costs m*d*V, while
+`a @ (w_o @ U)` costs (d_head*d + m*d_head)*V, like TransformerLens' FactoredMatrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Block sizes for the row x column tiles; sized so a tile stays in cache on CPU."""
+
+    rows: int = 512
+    cols: int = 2048
+
+    @staticmethod
+    def for_device(device: torch.device) -> Blocks:
+        """Larger tiles on a GPU, cache-sized tiles on a CPU."""
+        return Blocks(4096, 16384) if device.type == "cuda" else Blocks()
+
+
+@dataclass
+class KernelStats:
+    """What `count_outside` actually did: rows seen, rows needing a full pass, multiply-adds x 2."""
+
+    rows: int = 0
+    full_rows: int = 0
+    flops: float = 0.0
+
+
+@dataclass(frozen=True)
+class Unembedding:
+    """U (d x |V|) kept as its row-major transpose (the lm_head weight, no copy), plus a column sample."""
+
+    rows: Tensor  # (|V|, d): row t is U[:, t]
+    U_sample: Tensor  # (d, |V| / stride): every stride-th column of U
+    stride: int
+
+    @staticmethod
+    def prepare(U: Tensor, stride: int = 8) -> Unembedding:
+        """Wrap U (d x |V|) and take a strided sample of its columns, used to decide rows early."""
+        rows = U.T.contiguous()  # a no-op for U = lm_head.weight.T
+        return Unembedding(rows, rows[::stride].T.contiguous(), stride)
+
+    @property
+    def U(self) -> Tensor:
+        return self.rows.T
+
+    @property
+    def vocab_size(self) -> int:
+        return self.rows.shape[0]
+
+
+def _count_block(blk: Tensor, v: Tensor, local_target: Tensor) -> tuple[Tensor, Tensor]:
+    """Entries of each row of `blk` above and below `v`; the target column itself counts on neither side.
+
+    `blk` is overwritten. `local_target[i]` is the target's column within the block, or -1.
+    """
+    blk.sub_(v[:, None])
+    inside = (local_target >= 0).nonzero().squeeze(1)
+    if inside.numel():
+        blk[inside, local_target[inside]] = 0.0
+    other = blk.clone()
+    # in-place comparisons on floats and float sums are several times faster than bool reductions
+    return blk.gt_(0).sum(1), other.lt_(0).sum(1)
+
+
+def _count_over_columns(
+    x: Tensor,
+    columns: Callable[[int, int], Tensor],
+    n_cols: int,
+    v: Tensor,
+    target_col: Tensor,
+    blocks: Blocks,
+) -> tuple[Tensor, Tensor]:
+    """Above/below counts of rows of `x @ columns(0, n_cols)` against `v`, tiled; `target_col` may be -1."""
+    n = x.shape[0]
+    above = torch.zeros(n, dtype=torch.float32, device=x.device)
+    below = torch.zeros_like(above)
+    for c0 in range(0, n_cols, blocks.cols):
+        c1 = min(c0 + blocks.cols, n_cols)
+        cols = columns(c0, c1)
+        local = target_col - c0
+        local = torch.where(
+            (target_col >= c0) & (target_col < c1), local, torch.full_like(local, -1)
+        )
+        for r0 in range(0, n, blocks.rows):
+            r1 = min(r0 + blocks.rows, n)
+            a, b = _count_block(x[r0:r1] @ cols, v[r0:r1], local[r0:r1])
+            above[r0:r1] += a
+            below[r0:r1] += b
+    return above, below
+
+
+def count_outside(
+    a: Tensor,
+    w_o: Tensor,
+    unembed: Unembedding,
+    targets: Tensor,
+    cap: int,
+    blocks: Blocks | None = None,
+    stats: KernelStats | None = None,
+) -> tuple[Tensor, Tensor]:
+    """For each row i of M = a @ w_o @ U: entries above and below M[i, targets[i]], capped at `cap`.
+
+    `targets[i]` is in the top-k of row i iff `above[i] < k`, and in the bottom-k iff `below[i] < k`,
+    for any k <= cap. Returns two int64 tensors of length n.
+    """
+    blocks = blocks or Blocks.for_device(a.device)
+    U, V = unembed.U, unembed.vocab_size
+    b = a @ w_o  # (n, d): rows of E_in W_VO, cheap
+    v = (b * unembed.rows[targets]).sum(1)  # the target entries
+
+    # pass 1: a strided sample of columns decides most rows
+    stride = unembed.stride
+    p_sample = w_o @ unembed.U_sample
+    in_sample = torch.where(targets % stride == 0, targets // stride, torch.full_like(targets, -1))
+    above, below = _count_over_columns(
+        a, lambda c0, c1: p_sample[:, c0:c1], p_sample.shape[1], v, in_sample, blocks
+    )
+    todo = ((above < cap) | (below < cap)).nonzero().squeeze(1)
+    m, (n, r), d = todo.numel(), a.shape, w_o.shape[1]
+    factored = r * d + m * r < m * d
+    if stats is not None:
+        stats.rows += n
+        stats.full_rows += m
+        stats.flops += 2 * (n * r * d + r * d * p_sample.shape[1] + n * r * p_sample.shape[1])
+        stats.flops += 2 * V * ((r * d + m * r) if factored else m * d) if m else 0
+
+    # pass 2: full rows for the undecided, with the cheaper association
+    if m:
+        if factored:
+            x, cols = a[todo], (lambda c0, c1: w_o @ U[:, c0:c1])
+        else:
+            x, cols = b[todo], (lambda c0, c1: U[:, c0:c1])
+        full_above, full_below = _count_over_columns(x, cols, V, v[todo], targets[todo], blocks)
+        above[todo], below[todo] = full_above, full_below
+    return above.clamp_max(cap).long(), below.clamp_max(cap).long()
+
+
+def topk_rows(
+    a: Tensor,
+    w_o: Tensor,
+    U: Tensor,
+    k: int,
+    largest: bool = True,
+    blocks: Blocks | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Top-k (or bottom-k) values and column indices of each row of a @ w_o @ U, over all of U's columns."""
+    blocks = blocks or Blocks.for_device(a.device)
+    n, V = a.shape[0], U.shape[1]
+    r, d = w_o.shape
+    use_factored = r * d + n * r < n * d
+    x = a if use_factored else a @ w_o
+    best_v = torch.full((n, 0), 0.0, device=a.device)
+    best_i = torch.zeros((n, 0), dtype=torch.long, device=a.device)
+    for c0 in range(0, V, blocks.cols * 4):
+        c1 = min(c0 + blocks.cols * 4, V)
+        cols = w_o @ U[:, c0:c1] if use_factored else U[:, c0:c1]
+        vals = x @ cols
+        kk = min(k, c1 - c0)
+        bv, bi = torch.topk(vals, kk, dim=1, largest=largest)
+        best_v = torch.cat([best_v, bv], 1)
+        best_i = torch.cat([best_i, bi + c0], 1)
+        if best_v.shape[1] > k:
+            best_v, sel = torch.topk(best_v, k, dim=1, largest=largest)
+            best_i = best_i.gather(1, sel)
+    return best_v, best_i

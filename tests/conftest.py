@@ -1,0 +1,32 @@
+"""Shared fixtures: one tiny random model per supported architecture (see tests/tiny_models.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # mapslib, when not pip-installed
+
+from tiny_models import ARCHS, tiny_model
+
+from mapslib.adapters import HeadWeights
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request: pytest.FixtureRequest) -> str:
+    """Name of a tiny architecture (a key of tiny_models.ARCHS)."""
+    return request.param
+
+
+@pytest.fixture
+def model(arch: str):
+    """The tiny float64 model of `arch`; cached across tests, so read-only."""
+    return tiny_model(arch)
+
+
+@pytest.fixture
+def hw(model) -> HeadWeights:
+    """HeadWeights of the tiny model."""
+    return HeadWeights(model)
