@@ -2,8 +2,8 @@
 
 MAPS needs, per attention head h of layer l: W_V(h) (d x d_head), its bias b_V(h), and W_O(h)
 (d_head x d); for the model: E (|V| x d, with any scaling the forward pass applies), U (d x |V|), and the
-first block's MLP with the norm that feeds it. Families differ only in where these live and how q/k/v
-are packed, so a family is a row of data, not a class.
+first block's MLP with the norm that feeds it (and, in Gemma, the norm on its output). Families differ
+only in where these live and how q/k/v are packed, so a family is a row of data, not a class.
 
 Grouped-query attention: query head h reads kv head h // (n_heads // n_kv_heads), the order of
 transformers' `repeat_interleave`. W_V is returned per kv head, so work on it is shared by its group.
@@ -32,9 +32,7 @@ class Family:
     mlp: str  # attribute of a block: the MLP
     mlp_norm: str  # attribute of a block: the norm whose output feeds the MLP
     mlp_out_norm: str | None = None  # attribute of a block: a norm on the MLP's output (Gemma)
-    qkv: str = (
-        "separate"  # "separate" (v_proj), "gpt2" (fused Conv1D c_attn), "neox" (fused, per head)
-    )
+    qkv: str = "separate"  # "separate" (v_proj), "gpt2" (Conv1D c_attn), "neox" (fused per head)
     conv1d: bool = False  # GPT-2 stores weights as (in, out)
     embed_scale: bool = False  # the forward pass multiplies embeddings by sqrt(d) (Gemma)
 
@@ -166,7 +164,7 @@ class HeadWeights:
             return w, b
         if f.qkv == "neox":  # Linear: weight (3d, d) laid out (head, [q k v], d_head)
             qkv = attn.query_key_value
-            w = qkv.weight.reshape(3, n_kv, dh, d)[2].transpose(1, 2)
+            w = qkv.weight.reshape(n_kv, 3, dh, d)[:, 2].transpose(1, 2)
             b = qkv.bias.reshape(n_kv, 3, dh)[:, 2] if qkv.bias is not None else None
             return w, b
         v = attn.v_proj
@@ -219,7 +217,7 @@ class HeadWeights:
         return self.model.get_output_embeddings().weight.detach().T
 
     def mlp0(self, x: Tensor) -> Tensor:
-        """What the first block's MLP writes to the residual stream x (its norms in, no residual)."""
+        """What the first block's MLP writes on residual stream x, norms included, no residual."""
         block, f = self.layers[0], self.family
         with torch.no_grad():
             out = getattr(block, f.mlp)(getattr(block, f.mlp_norm)(x))

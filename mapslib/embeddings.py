@@ -8,7 +8,9 @@ Modes (PROTOCOL.md; `paper` is the default):
 * `mlp0-residual`: layer 0 reads E; layers >= 1 read E + MLP_0(LN2_0(E)), the residual stream
   after the first MLP if attention 0 wrote nothing.
 
-Layer-0 heads always read raw E: the first attention layer precedes the first MLP.
+Layer-0 heads always read raw E: the first attention layer precedes the first MLP. "MLP_0" is what the
+first MLP writes to the residual stream: in Gemma 2/3 that includes the norm Gemma applies to the MLP's
+output (`post_feedforward_layernorm`); other families have no such norm.
 """
 
 from __future__ import annotations

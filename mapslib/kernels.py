@@ -9,7 +9,9 @@ such rows, always in column blocks so memory stays bounded:
   answers promotion and suppression for every k up to `cap`. It first counts over a fixed sample of
   columns: a row with `cap` or more entries on both sides within the sample is decided, exactly, without
   its other columns. Only the undecided rows get a full pass. The answer is exact; the sample only
-  changes the speed. A tie with the target counts on neither side (the most favourable tie-break).
+  changes the speed. An entry within floating-point error of the target (a bound scaled by
+  ||row of E_in W_VO|| * ||U_t||) is a tie and counts on neither side: the most favourable
+  tie-break, and one that does not depend on which product computed which entry.
 * `topk_rows`: the top-k entries (values and columns) of each row, for salient mappings.
 
 The full-row pass picks the cheaper association per head: `(a @ w_o) @ U` costs m*d*V, while
@@ -18,6 +20,7 @@ The full-row pass picks the cheaper association per head: `(a @ w_o) @ U` costs 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -70,8 +73,10 @@ class Unembedding:
         return self.rows.shape[0]
 
 
-def _count_block(blk: Tensor, v: Tensor, local_target: Tensor) -> tuple[Tensor, Tensor]:
-    """Entries of each row of `blk` above and below `v`; the target column itself counts on neither side.
+def _count_block(
+    blk: Tensor, v: Tensor, tol: Tensor, local_target: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Entries of each row of `blk` more than `tol` above and below `v` (closer ones are ties).
 
     `blk` is overwritten. `local_target[i]` is the target's column within the block, or -1.
     """
@@ -81,7 +86,7 @@ def _count_block(blk: Tensor, v: Tensor, local_target: Tensor) -> tuple[Tensor, 
         blk[inside, local_target[inside]] = 0.0
     other = blk.clone()
     # in-place comparisons on floats and float sums are several times faster than bool reductions
-    return blk.gt_(0).sum(1), other.lt_(0).sum(1)
+    return blk.gt_(tol[:, None]).sum(1), other.lt_(-tol[:, None]).sum(1)
 
 
 def _count_over_columns(
@@ -89,6 +94,7 @@ def _count_over_columns(
     columns: Callable[[int, int], Tensor],
     n_cols: int,
     v: Tensor,
+    tol: Tensor,
     target_col: Tensor,
     blocks: Blocks,
 ) -> tuple[Tensor, Tensor]:
@@ -105,7 +111,7 @@ def _count_over_columns(
         )
         for r0 in range(0, n, blocks.rows):
             r1 = min(r0 + blocks.rows, n)
-            a, b = _count_block(x[r0:r1] @ cols, v[r0:r1], local[r0:r1])
+            a, b = _count_block(x[r0:r1] @ cols, v[r0:r1], tol[r0:r1], local[r0:r1])
             above[r0:r1] += a
             below[r0:r1] += b
     return above, below
@@ -128,14 +134,17 @@ def count_outside(
     blocks = blocks or Blocks.for_device(a.device)
     U, V = unembed.U, unembed.vocab_size
     b = a @ w_o  # (n, d): rows of E_in W_VO, cheap
-    v = (b * unembed.rows[targets]).sum(1)  # the target entries
+    u_t = unembed.rows[targets]
+    v = (b * u_t).sum(1)  # the target entries
+    # entries this close to the target differ from it by rounding alone: count them as ties
+    tol = 16 * torch.finfo(a.dtype).eps * math.sqrt(w_o.shape[1]) * b.norm(dim=1) * u_t.norm(dim=1)
 
     # pass 1: a strided sample of columns decides most rows
     stride = unembed.stride
     p_sample = w_o @ unembed.U_sample
     in_sample = torch.where(targets % stride == 0, targets // stride, torch.full_like(targets, -1))
     above, below = _count_over_columns(
-        a, lambda c0, c1: p_sample[:, c0:c1], p_sample.shape[1], v, in_sample, blocks
+        a, lambda c0, c1: p_sample[:, c0:c1], p_sample.shape[1], v, tol, in_sample, blocks
     )
     todo = ((above < cap) | (below < cap)).nonzero().squeeze(1)
     m, (n, r), d = todo.numel(), a.shape, w_o.shape[1]
@@ -152,7 +161,9 @@ def count_outside(
             x, cols = a[todo], (lambda c0, c1: w_o @ U[:, c0:c1])
         else:
             x, cols = b[todo], (lambda c0, c1: U[:, c0:c1])
-        full_above, full_below = _count_over_columns(x, cols, V, v[todo], targets[todo], blocks)
+        full_above, full_below = _count_over_columns(
+            x, cols, V, v[todo], tol[todo], targets[todo], blocks
+        )
         above[todo], below[todo] = full_above, full_below
     return above.clamp_max(cap).long(), below.clamp_max(cap).long()
 

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from tiny_models import PARALLEL, token_ids, unsupported_model
+from tiny_models import PARALLEL, build, tiny_config, token_ids, unsupported_model
 from torch.testing import assert_close
 from transformers.models.llama.modeling_llama import repeat_kv
 
@@ -21,7 +21,7 @@ from mapslib.models import check_supported
 TOL = dict(rtol=1e-9, atol=1e-10)
 # Families whose value projection has a bias; the tiny models give it random non-zero values.
 V_BIAS = {"gpt2", "gpt_neox", "gpt_neox_sequential", "phi", "qwen2", "llama"}
-# Intended (n_heads, n_kv_heads): grouped-query (2 groups of 2) and multi-query where families have it.
+# n_kv_heads of each tiny model (all have 4 query heads; absent here: 4): grouped- and multi-query.
 KV_HEADS = {"phi": 2, "llama": 2, "mistral": 2, "qwen2": 2, "qwen3": 2, "gemma2": 1, "gemma3": 1}
 
 
@@ -127,6 +127,27 @@ def test_embedding_is_what_the_first_block_reads(arch: str, model, hw: HeadWeigh
     assert_close(hw.embed(ids), E[ids], rtol=0, atol=0)
     scale = math.sqrt(hw.d_model) if arch.startswith("gemma") else 1.0
     assert_close(hw.embed_scale, scale, rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("name", ["gemma2", "gemma3"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gemma_embedding_scale_is_rounded_like_the_forward_pass(name: str, dtype: torch.dtype):
+    """In half precision E is scaled by sqrt(d) rounded to the weights' dtype, bit for bit."""
+    model = build(tiny_config(name), dtype)
+    hw, ids = HeadWeights(model), token_ids()
+    seen = {}
+
+    def grab(_m, args, kwargs):
+        seen["x"] = _hidden(args, kwargs)
+
+    handle = hw.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model(ids)
+    finally:
+        handle.remove()
+    assert hw.embedding().dtype == dtype
+    assert_close(hw.embed(ids), seen["x"], rtol=0, atol=0)
+    assert_close(hw.embedding()[ids], seen["x"], rtol=0, atol=0)
 
 
 def test_unembedding_gives_the_logits(model, hw: HeadWeights):

@@ -1,0 +1,186 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Mapping predefined relations across every head
+#
+# Given a relation as token pairs (country → capital, verb → past tense, name → the same name, ...),
+# MAPS scores every head of the model on it: the fraction of pairs whose target is in the top $k$
+# of the source's row of the head's $M = E_\text{in} W_{VO} U$, and, for suppression, in the top $k$
+# of $-M$. A head *implements* the relation when the score reaches $\tau = 0.15$.
+#
+# This chapter runs that map for the 20 shipped relations on one model: which pairs survive the
+# model's tokenizer, the score of every head on every relation, where in depth each category of
+# function sits, the strongest heads per relation, heads that carry several relations, and whether
+# heads that share a $W_V$ (grouped-query attention) share relations.
+
+# %% tags=["parameters"]
+model = "smollm2-135m"
+device = "cpu"
+out_dir = "data"
+relations = None  # None: the 20 shipped relations; or names / .json / .csv files
+layers = None  # None: all layers; or "0,5,12"
+k = None  # None: PROTOCOL.md's rule by vocabulary size
+embedding = "paper"  # paper | raw | mlp0-residual
+tau = 0.15
+min_pairs = 30
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from pathlib import Path
+
+from mapslib import plots, summary
+from mapslib.adapters import HeadWeights
+from mapslib.display import notebook_setup
+from mapslib.models import load_model, model_slug
+from mapslib.reference import PAPER_MULTI_CATEGORY_SHARE, PAPER_SUPPRESSION_SHARE, SURVIVING_PAIRS
+from mapslib.relations import load_relations, scorable, surviving_pairs
+from mapslib.results import cached_table
+from mapslib.scores import parse_layers, relation_scores
+
+notebook_setup()
+lm = load_model(model, device=device)
+hw = HeadWeights(lm.model)
+name = model_slug(model)
+print(lm.quantization)
+
+# %% [markdown]
+# ## Which pairs survive the tokenizer
+#
+# MAPS reads single rows of $M$, so both sides of a pair must be one token. Following the
+# protocol, `" " + src` and `" " + dst` are tokenised without special tokens and a pair is kept only
+# when both are one token; a relation with fewer than 30 kept pairs is not scored for this model.
+
+# %%
+rels = load_relations(relations)
+table = surviving_pairs(rels, lm.tokenizer, min_pairs)
+print(f"{int(table['scored'].sum())} of {len(table)} relations are scored for {name}")
+table
+
+# %% [markdown]
+# The protocol records the counts it saw for some models with real tokenizers; where it has numbers
+# for this model they are shown beside ours (they must match exactly: the filter is deterministic).
+
+# %%
+recorded = SURVIVING_PAIRS.get(name, {})
+table[table["relation"].isin(recorded)].assign(recorded=lambda d: d["relation"].map(recorded))
+
+# %% [markdown]
+# ## Scores of every head on every relation
+#
+# One table, one row per layer, head, relation and mode (`promote` or `suppress`). It is written
+# with the parameters that made it (`data/relation_scores.csv` and its `.json`), and reused when a
+# rerun asks for the same thing.
+
+# %%
+tokenized = scorable(rels, lm.tokenizer, min_pairs, log=print)
+layer_list = parse_layers(layers, hw.n_layers)
+params = {"model": lm.info(), "relations": [r.sha256 for r in rels], "layers": layer_list, "k": k}
+params |= {"embedding": embedding, "min_pairs": min_pairs}
+scores = cached_table(
+    Path(out_dir) / "relation_scores.csv",
+    params,
+    lambda: relation_scores(hw, tokenized, layers=layer_list, k=k, embedding=embedding),
+)
+print(
+    f"{len(scores)} rows: {scores['layer'].nunique()} layers x {scores['head'].nunique()} heads x "
+    f"{scores['relation'].nunique()} relations x 2 modes"
+)
+scores.head()
+
+# %% [markdown]
+# Each panel is one relation: layers bottom to top, heads left to right, colour the score. The panel
+# title counts the heads at or above $\tau$.
+
+# %%
+fig = plots.relation_heatmaps(scores, "promote", name, tau)
+# %%
+fig = plots.relation_heatmaps(scores, "suppress", name, tau)
+# %% [markdown]
+# ## Function distribution: heads per category
+#
+# As in the paper's function-distribution figure, a head is marked with a category when it
+# implements at least one of that category's relations or their suppression; dark cells carry
+# relations of several categories.
+
+# %%
+fig = plots.category_map(scores, hw.n_layers, hw.n_heads, name, tau)
+# %%
+counts = summary.category_counts(scores, tau)
+fig = plots.category_layer_lines(counts, name)
+# %% [markdown]
+# ## Relation heads per relation
+#
+# For each relation and mode: the number of heads over $\tau$, the highest score any head reaches,
+# and the head that reaches it. Where no head gets near $\tau$, the model does not implement the
+# relation in its OV circuits as single-token mappings (or implements it in a way the vocabulary
+# projection does not show).
+
+# %%
+rel_heads = summary.relation_heads(scores, tau)
+rel_heads
+
+# %%
+fig = plots.relation_head_bars(rel_heads, name)
+# %%
+fig = plots.max_score_bars(rel_heads, name, tau)
+# %% [markdown]
+# ## Heads with several relations
+#
+# The paper finds that heads often implement several relations, and that the share of heads whose
+# relations span several categories falls with model size (38% in GPT-2 xl down to 11% in
+# Llama-3.1 70B); 20-36% of its classified heads implement at least one suppression. The same
+# numbers for this model:
+
+# %%
+heads = summary.head_table(scores, tau)
+overview = summary.overview(scores, hw.n_layers * hw.n_heads, tau)
+print(f"heads: {overview['heads']}, classified (>= 1 relation): {overview['classified_heads']}")
+print(f"classified share:                {overview['classified_share']:.3f}")
+print(f"share with several categories:   {overview['multi_category_share']:.3f}")
+print(f"share with several relations:    {overview['multi_relation_share']:.3f}")
+print(f"share with a suppression:        {overview['suppression_share']:.3f}")
+print("paper, several categories:", PAPER_MULTI_CATEGORY_SHARE)
+print("paper, with a suppression: {:.2f}-{:.2f}".format(*PAPER_SUPPRESSION_SHARE))
+
+# %%
+heads.sort_values(["n_relations", "layer", "head"], ascending=[False, True, True]).head(15)
+
+# %% [markdown]
+# ## Grouped heads sharing relations
+#
+# With grouped-query attention, heads of one kv group read the same $W_V$ and differ only in $W_O$
+# (and their attention patterns). The paper observed, in Llama-3.1, that grouped heads often
+# implement the same relation or its suppression. Here: for every head that implements a relation,
+# how often another head of its layer implements the same relation and mode, split by whether that
+# other head shares its kv group. A higher same-group rate means grouping carries function.
+
+# %%
+print(f"{hw.n_heads} heads per layer in {hw.n_kv_heads} kv groups of {hw.n_heads // hw.n_kv_heads}")
+summary.group_sharing(scores, hw.n_heads, hw.n_kv_heads, tau)
+
+# %%
+groups = summary.group_members(scores, hw.n_heads, hw.n_kv_heads, tau)
+print(f"{len(groups)} (layer, kv group, relation, mode) with two or more heads implementing it")
+groups.head(20)
+
+# %% [markdown]
+# ## Checks against recorded numbers
+#
+# Scores recorded for this model with the same protocol (MODELS.md), beside the ones computed above.
+# The model is a 4-bit GGUF dequantised to float32; a different quantisation of the same model
+# can move scores by a few pairs.
+
+# %%
+summary.known_scores(scores, name)

@@ -1,0 +1,110 @@
+"""The factored kernels against brute force: full rows of a @ w_o @ U, torch.topk, explicit counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mapslib.kernels import Blocks, KernelStats, Unembedding, count_outside, topk_rows
+
+
+def _problem(n: int, r: int, d: int, v: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, r, generator=g, dtype=torch.float64)
+    w_o = torch.randn(r, d, generator=g, dtype=torch.float64)
+    U = torch.randn(d, v, generator=g, dtype=torch.float64)
+    return a, w_o, U
+
+
+def _brute_counts(M: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    v = M[torch.arange(M.shape[0]), targets][:, None]
+    return (M > v).sum(1), (M < v).sum(1)
+
+
+@pytest.mark.parametrize("stride", [1, 3, 8, 64])
+@pytest.mark.parametrize("blocks", [Blocks(5, 7), Blocks(512, 2048)])
+def test_count_outside_matches_brute_force(stride: int, blocks: Blocks) -> None:
+    a, w_o, U = _problem(n=40, r=4, d=16, v=300)
+    M = a @ w_o @ U
+    # targets: some top-1, some top-3, some bottom-2, some arbitrary
+    order = M.argsort(dim=1, descending=True)
+    targets = torch.randint(0, 300, (40,), generator=torch.Generator().manual_seed(1))
+    targets[:8] = order[:8, 0]
+    targets[8:16] = order[8:16, 2]
+    targets[16:24] = order[16:24, -2]
+    cap = 10
+    above, below = count_outside(a, w_o, Unembedding.prepare(U, stride), targets, cap, blocks)
+    want_above, want_below = _brute_counts(M, targets)
+    assert torch.equal(above, want_above.clamp_max(cap))
+    assert torch.equal(below, want_below.clamp_max(cap))
+    assert (above[:8] == 0).all() and (above[8:16] == 2).all() and (below[16:24] == 1).all()
+
+
+def test_count_outside_is_topk_membership() -> None:
+    """`above < k` is exactly `target in torch.topk(row, k)` when there are no ties."""
+    a, w_o, U = _problem(n=64, r=8, d=24, v=500, seed=3)
+    M = a @ w_o @ U
+    targets = M.argsort(dim=1, descending=True)[torch.arange(64), torch.arange(64) % 20]
+    above, below = count_outside(a, w_o, Unembedding.prepare(U, 4), targets, 25, Blocks(16, 64))
+    for k in (1, 3, 10, 25):
+        top = torch.topk(M, k, dim=1).indices
+        bottom = torch.topk(-M, k, dim=1).indices
+        assert torch.equal(above < k, (top == targets[:, None]).any(1))
+        assert torch.equal(below < k, (bottom == targets[:, None]).any(1))
+
+
+def test_ties_count_on_neither_side() -> None:
+    """Duplicate columns of U give exact ties; they count neither above nor below the target."""
+    a, w_o, U = _problem(n=6, r=3, d=8, v=50, seed=5)
+    U[:, 10] = U[:, 20]  # token 10 and 20 score identically in every row
+    M = a @ w_o @ U
+    targets = torch.full((6,), 20)
+    above, below = count_outside(a, w_o, Unembedding.prepare(U, 5), targets, 100, Blocks(4, 8))
+    want_above, want_below = _brute_counts(M, targets)
+    assert torch.equal(above, want_above) and torch.equal(below, want_below)
+    assert torch.equal(above + below, torch.full((6,), 48))  # 50 columns minus target minus its twin
+
+
+def test_both_associations_agree() -> None:
+    """The kernel picks (a W_O) U or a (W_O U) by cost; both give the same counts."""
+    # r close to d makes the direct route cheaper; r << d the factored one
+    for r, d in ((30, 32), (2, 64)):
+        a, w_o, U = _problem(n=50, r=r, d=d, v=200, seed=r)
+        M = a @ w_o @ U
+        targets = torch.arange(50) % 200
+        above, below = count_outside(a, w_o, Unembedding.prepare(U, 1000), targets, 1000, Blocks(7, 33))
+        assert torch.equal(above, _brute_counts(M, targets)[0])
+        assert torch.equal(below, _brute_counts(M, targets)[1])
+
+
+def test_stats_record_the_work_done() -> None:
+    a, w_o, U = _problem(n=30, r=4, d=16, v=400)
+    M = a @ w_o @ U
+    targets = M.argmax(1)  # every row is a top-1 row: none can be decided by the sample
+    stats = KernelStats()
+    count_outside(a, w_o, Unembedding.prepare(U, 8), targets, 10, Blocks(), stats)
+    assert stats.rows == 30 and stats.full_rows == 30 and stats.flops > 0
+    stats = KernelStats()
+    targets = M.argmin(1)  # bottom-1 rows: undecided for suppression, so also a full pass
+    count_outside(a, w_o, Unembedding.prepare(U, 8), targets, 10, Blocks(), stats)
+    assert stats.full_rows == 30
+
+
+def test_median_targets_are_decided_by_the_sample() -> None:
+    a, w_o, U = _problem(n=30, r=4, d=16, v=4000)
+    M = a @ w_o @ U
+    targets = M.argsort(dim=1)[:, 2000]  # the median entry: thousands above and below
+    stats = KernelStats()
+    above, below = count_outside(a, w_o, Unembedding.prepare(U, 8), targets, 10, Blocks(), stats)
+    assert stats.full_rows == 0
+    assert (above == 10).all() and (below == 10).all()
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_topk_rows_matches_torch_topk(largest: bool) -> None:
+    a, w_o, U = _problem(n=12, r=4, d=16, v=5000, seed=7)
+    M = a @ w_o @ U
+    values, cols = topk_rows(a, w_o, U, 6, largest=largest, blocks=Blocks(4, 100))
+    want_v, want_i = torch.topk(M, 6, dim=1, largest=largest)
+    torch.testing.assert_close(values, want_v)
+    assert torch.equal(cols, want_i)

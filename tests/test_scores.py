@@ -1,0 +1,88 @@
+"""Relation scores against a brute-force M = E_in W_VO U on tiny models of every architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mapslib.adapters import HeadWeights
+from mapslib.embeddings import embedding_kind
+from mapslib.errors import BadArgument, TooFewPairs
+from mapslib.relations import Relation, TokenizedRelation
+from mapslib.scores import SCORE_COLUMNS, default_k, parse_layers, relation_scores
+
+
+def synthetic_relation(name: str, vocab: int, n: int, seed: int, copying: bool = False) -> TokenizedRelation:
+    """A relation over random token ids (tiny models have no real words)."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(3, vocab, (n,), generator=g).tolist()
+    dst = src if copying else torch.randint(3, vocab, (n,), generator=g).tolist()
+    pairs = tuple((str(s), str(t)) for s, t in zip(src, dst, strict=True))
+    rel = Relation(name, pairs, "custom", name, copying, "<synthetic>", "0")
+    return TokenizedRelation(rel, pairs, tuple(src), tuple(dst))
+
+
+def brute_force(hw: HeadWeights, rel: TokenizedRelation, layer: int, head: int, k: int, mode: str, embedding: str) -> float:
+    """phi_R by building M's rows with the d x d W_VO and calling torch.topk."""
+    E = hw.embedding()
+    kind = embedding_kind(embedding, layer)
+    e_in = {"raw": E, "mlp0": hw.mlp0(E), "mlp0-residual": E + hw.mlp0(E)}[kind]
+    M = e_in[list(rel.src_ids)] @ hw.W_VO(layer, head) @ hw.unembedding()
+    top = torch.topk(M if mode == "promote" else -M, k, dim=1).indices
+    return (top == torch.tensor(rel.dst_ids)[:, None]).any(1).double().mean().item()
+
+
+@pytest.mark.parametrize("embedding", ["paper", "raw", "mlp0-residual"])
+def test_scores_match_brute_force(hw: HeadWeights, embedding: str) -> None:
+    rels = [
+        synthetic_relation("copy", hw.vocab_size, 40, 0, copying=True),
+        synthetic_relation("random", hw.vocab_size, 35, 1),
+    ]
+    df = relation_scores(hw, rels, k=None, embedding=embedding, sample_stride=4)
+    assert list(df.columns) == SCORE_COLUMNS
+    assert len(df) == hw.n_layers * hw.n_heads * 2 * len(rels)
+    for row in df.itertuples():
+        rel = rels[0] if row.relation == "copy" else rels[1]
+        want = brute_force(hw, rel, row.layer, row.head, row.k, row.mode, embedding)
+        assert row.score == pytest.approx(want, abs=1e-6), row
+
+
+def test_k_rule_and_override() -> None:
+    assert (default_k(49152, True), default_k(49152, False)) == (1, 10)
+    assert (default_k(128256, True), default_k(262144, False)) == (3, 25)
+    from tiny_models import tiny_model
+
+    hw = HeadWeights(tiny_model("llama"))
+    rels = [synthetic_relation("copy", hw.vocab_size, 30, 0, copying=True), synthetic_relation("r", hw.vocab_size, 30, 1)]
+    df = relation_scores(hw, rels)
+    assert set(df.loc[df.relation == "copy", "k"]) == {1} and set(df.loc[df.relation == "r", "k"]) == {10}
+    df = relation_scores(hw, rels, k=5, layers=[1])
+    assert set(df["k"]) == {5} and set(df["layer"]) == {1}
+    with pytest.raises(BadArgument):
+        relation_scores(hw, rels, k=0)
+
+
+def test_larger_k_never_lowers_a_score() -> None:
+    from tiny_models import tiny_model
+
+    hw = HeadWeights(tiny_model("gpt2"))
+    rels = [synthetic_relation("r", hw.vocab_size, 50, 2)]
+    scores = [relation_scores(hw, rels, k=k)["score"].to_numpy() for k in (1, 5, 20, hw.vocab_size)]
+    for lo, hi in zip(scores, scores[1:], strict=False):
+        assert (hi >= lo).all()
+    assert (scores[-1] == 1.0).all()  # k = |V|: every target is in the "top k"
+
+
+def test_parse_layers() -> None:
+    assert parse_layers(None, 4) == [0, 1, 2, 3]
+    assert parse_layers("3,0,3", 4) == [0, 3]
+    for bad in ("0,4", "a,b", "-1", ""):
+        with pytest.raises(BadArgument):
+            parse_layers(bad, 4)
+
+
+def test_no_relations_is_a_clear_error() -> None:
+    from tiny_models import tiny_model
+
+    with pytest.raises(TooFewPairs):
+        relation_scores(HeadWeights(tiny_model("llama")), [])
