@@ -1,0 +1,178 @@
+"""Random baseline (paper, appendix A.3): do random matrices with a layer's statistics pass tau?
+
+For every layer, H random d x d matrices are drawn from a normal distribution with the mean and
+standard deviation of the entries of that layer's real W_VO matrices (all heads pooled), and scored
+on the relations exactly like heads. A relation score that random matrices reach would say more about
+the embeddings than about the head; the paper finds (almost) none over tau = 0.15.
+
+The layer statistics are computed without forming any W_VO: with W_VO = W_V W_O,
+sum of entries = (1^T W_V)(W_O 1) and sum of squares = sum((W_V^T W_V) * (W_O W_O^T)), both
+d_head x d_head work. A random W is full rank, so its rows of M are (E_in[src] @ W) @ U: the kernel
+`count_outside` is given a = E_in[src] and w_o = W (r = d) and then uses the unfactored association
+for its full-row pass. Random rows are almost all decided by the column sample, so a sparser sample
+(stride 32) is used; the answer is exact whatever the stride.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from mapslib.adapters import HeadWeights
+from mapslib.embeddings import InputEmbeddings
+from mapslib.errors import TooFewPairs
+from mapslib.kernels import Blocks, KernelStats, Unembedding, count_outside
+from mapslib.relations import TokenizedRelation
+from mapslib.scores import MODES, SCORE_COLUMNS, TAU, relation_k
+
+
+def layer_ov_stats(hw: HeadWeights, layer: int) -> tuple[float, float]:
+    """Mean and (population) standard deviation of the entries of all W_VO(h) of `layer`, in factored form."""
+    w_v, w_o = hw.W_V(layer).double(), hw.W_O(layer).double()  # (G, d, r), (H, r, d)
+    total, squares = 0.0, 0.0
+    for h in range(hw.n_heads):
+        v, o = w_v[hw.kv_head(h)], w_o[h]
+        total += float(v.sum(0) @ o.sum(1))
+        squares += float(((v.T @ v) * (o @ o.T)).sum())
+    n = hw.n_heads * hw.d_model**2
+    mean = total / n
+    return mean, max(squares / n - mean * mean, 0.0) ** 0.5
+
+
+def layer_seed(seed: int, layer: int) -> int:
+    """The generator seed of one layer, so a layer's random heads do not depend on which layers run."""
+    return seed * 100_003 + layer
+
+
+def random_ov(
+    d: int, mean: float, std: float, n: int, generator: torch.Generator, dtype=torch.float32
+) -> Tensor:
+    """`n` random d x d matrices with i.i.d. N(mean, std^2) entries: (n, d, d)."""
+    return (
+        torch.randn(n, d, d, generator=generator, dtype=torch.float64)
+        .mul_(std)
+        .add_(mean)
+        .to(dtype)
+    )
+
+
+def _pairs(relations: list[TokenizedRelation], vocab_size: int, k: int | None, device):
+    """Sources, targets, relation index, k per pair, pairs per relation and the k list."""
+    ks = [relation_k(r, vocab_size, k) for r in relations]
+    src = torch.tensor([s for r in relations for s in r.src_ids], device=device)
+    dst = torch.tensor([t for r in relations for t in r.dst_ids], device=device)
+    rel = torch.cat([torch.full((len(r),), i, device=device) for i, r in enumerate(relations)])
+    k_pair = torch.tensor(ks, device=device)[rel]
+    n_pairs = torch.bincount(rel, minlength=len(relations)).float()
+    return src, dst, rel, k_pair, n_pairs, ks
+
+
+def random_scores(
+    hw: HeadWeights,
+    relations: list[TokenizedRelation],
+    *,
+    layers: Iterable[int] | None = None,
+    heads_per_layer: int | None = None,
+    seed: int = 0,
+    k: int | None = None,
+    embedding: str = "paper",
+    sample_stride: int = 32,
+    progress: bool = False,
+    stats: KernelStats | None = None,
+) -> pd.DataFrame:
+    """Relation scores of random W_VO matrices, H per layer (default: as many as the model has): SCORE_COLUMNS."""
+    from tqdm import tqdm
+
+    if not relations:
+        raise TooFewPairs("no relation has enough single-token pairs to score for this tokenizer")
+    layers = list(range(hw.n_layers)) if layers is None else list(layers)
+    n_random = heads_per_layer or hw.n_heads
+    device = hw.embedding_module.weight.device
+    src, dst, rel, k_pair, n_pairs, ks = _pairs(relations, hw.vocab_size, k, device)
+    uniq, inverse = torch.unique(src, return_inverse=True)
+    inputs = InputEmbeddings(hw, uniq, embedding)
+    unembed = Unembedding.prepare(hw.unembedding(), sample_stride)
+    blocks = Blocks.for_device(device)
+    n_rel = len(relations)
+    scores = torch.zeros(len(layers), n_random, 2, n_rel)
+    bar = tqdm(total=len(layers) * n_random, unit="head", disable=not progress)
+    for li, layer in enumerate(layers):
+        mean, std = layer_ov_stats(hw, layer)
+        gen = torch.Generator().manual_seed(layer_seed(seed, layer))
+        a = inputs.for_layer(layer)[inverse]
+        for j in range(n_random):
+            w = random_ov(hw.d_model, mean, std, 1, gen)[0].to(device, a.dtype)
+            above, below = count_outside(a, w, unembed, dst, max(ks), blocks, stats)
+            for m, count in enumerate((above, below)):
+                hits = torch.zeros(n_rel, device=device).index_add_(
+                    0, rel, (count < k_pair).float()
+                )
+                scores[li, j, m] = (hits / n_pairs).cpu()
+            bar.update(1)
+    bar.close()
+    return _frame(scores, layers, relations, ks)
+
+
+def _frame(
+    scores: Tensor, layers: list[int], relations: list[TokenizedRelation], ks: list[int]
+) -> pd.DataFrame:
+    """Long table like scores.relation_scores: one row per layer, random head, relation and mode."""
+    names = [r.name for r in relations]
+    index = pd.MultiIndex.from_product(
+        [layers, range(scores.shape[1]), MODES, names], names=["layer", "head", "mode", "relation"]
+    )
+    df = pd.DataFrame({"score": scores.reshape(-1).numpy()}, index=index).reset_index()
+    df["k"] = df["relation"].map(dict(zip(names, ks, strict=True)))
+    df["n_pairs"] = df["relation"].map({r.name: len(r) for r in relations})
+    df["score"] = df["score"].round(6)
+    return (
+        df[SCORE_COLUMNS]
+        .sort_values(["layer", "head", "relation", "mode"], kind="stable")
+        .reset_index(drop=True)
+    )
+
+
+def heads_over_tau(scores: pd.DataFrame, tau: float = TAU) -> pd.Series:
+    """Per layer: heads with at least one relation score (either mode) >= tau."""
+    best = scores.groupby(["layer", "head"])["score"].max()
+    return (best >= tau).groupby(level="layer").sum().astype(int)
+
+
+def baseline_table(real: pd.DataFrame, random: pd.DataFrame, tau: float = TAU) -> pd.DataFrame:
+    """Per layer: heads, heads over tau among real heads and among random matrices, plus a total row."""
+    layers = sorted(set(real["layer"]) | set(random["layer"]))
+    n_real = real.groupby("layer")["head"].nunique().reindex(layers, fill_value=0)
+    n_rand = random.groupby("layer")["head"].nunique().reindex(layers, fill_value=0)
+    table = pd.DataFrame(
+        {
+            "heads": n_real.astype(int),
+            "real_over_tau": heads_over_tau(real, tau).reindex(layers, fill_value=0).astype(int),
+            "random_matrices": n_rand.astype(int),
+            "random_over_tau": heads_over_tau(random, tau)
+            .reindex(layers, fill_value=0)
+            .astype(int),
+        }
+    )
+    table.index.name = "layer"
+    table.loc["total"] = table.sum()
+    return table
+
+
+def max_random_scores(random: pd.DataFrame) -> pd.DataFrame:
+    """Per relation and mode: the highest score any random matrix reached, to show the margin below tau."""
+    return (
+        random.groupby(["relation", "mode"])["score"]
+        .max()
+        .unstack("mode")
+        .rename(columns=lambda m: f"max random {m}")
+    )
+
+
+def layer_stats_table(hw: HeadWeights, layers: Iterable[int] | None = None) -> pd.DataFrame:
+    """The mean and standard deviation each layer's random matrices are drawn with."""
+    layers = list(range(hw.n_layers)) if layers is None else list(layers)
+    rows = [dict(zip(("mean", "std"), layer_ov_stats(hw, la), strict=True)) for la in layers]
+    return pd.DataFrame(rows, index=pd.Index(layers, name="layer"))
