@@ -1,0 +1,329 @@
+"""The LLM client path against a real local HTTP server speaking /v1/chat/completions.
+
+No mocking of the openai client: each test queues what the server answers (success, invalid JSON, a
+429, a timeout, a truncated answer, a rejected JSON mode) and checks what the Describer made of it,
+what it cached, and that the key appears nowhere.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mapslib.describe import (
+    Describer,
+    LLMConfig,
+    LLMError,
+    availability_note,
+    build_messages,
+    cache_key,
+    describe_heads,
+    is_no_pattern,
+    parse_answer,
+)
+from mapslib.errors import MissingAPIKey
+
+KEY = "sk-test-SECRET-0123456789"
+LINES = ["␣John -> ␣John, John, ␣J", "␣Mary -> ␣Mary, Mary, ␣M", "␣Paris -> ␣Paris, Paris, ␣P"]
+GOOD = json.dumps(
+    {
+        "reasoning": "Every token maps to itself and variants.",
+        "inputs": "Names and places with a leading space.",
+        "pattern": "Copies the token, also without its space.",
+    }
+)
+
+
+class FakeServer:
+    """A chat-completions server in a thread; answers from a queue of scripted replies."""
+
+    def __init__(self):
+        self.script: list[dict] = []
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append(body)
+                server.headers.append({k.lower(): v for k, v in self.headers.items()})
+                reply = server.script.pop(0) if server.script else {"content": GOOD}
+                if reply.get("sleep"):
+                    time.sleep(reply["sleep"])
+                if "status" in reply:
+                    payload = json.dumps({"error": {"message": reply.get("message", "err")}})
+                    self.send_response(reply["status"])
+                    for k, v in reply.get("headers", {}).items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload.encode())
+                    return
+                if reply.get("reject_json_mode") and "response_format" in body:
+                    payload = json.dumps({"error": {"message": "response_format is not supported"}})
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload.encode())
+                    server.script.insert(
+                        0, {k: v for k, v in reply.items() if k != "reject_json_mode"}
+                    )
+                    return
+                payload = json.dumps(
+                    {
+                        "id": "chatcmpl-test",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": reply["content"]},
+                                "finish_reason": reply.get("finish", "stop"),
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    }
+                )
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload.encode())
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch):
+    srv = FakeServer()
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
+    yield srv
+    srv.close()
+
+
+def describer(tmp_path: Path, **config) -> tuple[Describer, list[float]]:
+    """A Describer with a private cache, a short timeout and a recorded (not slept) backoff."""
+    waits: list[float] = []
+    settings = dict(model="test-model", timeout=0.5, backoff=0.01, max_attempts=3) | config
+    cfg = LLMConfig(**settings)
+    return Describer(cfg, cache=tmp_path / "llm", sleep=waits.append), waits
+
+
+def assert_no_key(path: Path) -> None:
+    for f in path.rglob("*"):
+        if f.is_file():
+            assert KEY not in f.read_text(encoding="utf-8", errors="replace")
+
+
+def test_success_is_cached_and_not_paid_twice(server: FakeServer, tmp_path: Path) -> None:
+    d, _ = describer(tmp_path)
+    first = d.describe(LINES)
+    assert first.status == "pattern" and first.pattern.startswith("Copies")
+    assert first.attempts == 1 and not first.cached
+    req = server.requests[0]
+    assert req["model"] == "test-model" and req["temperature"] == 0.0 and req["seed"] == 0
+    assert req["response_format"] == {"type": "json_object"}
+    assert "␣John -> ␣John, John, ␣J" in req["messages"][1]["content"]
+    assert server.headers[0]["authorization"] == f"Bearer {KEY}"  # the key is sent, only there
+    again, _ = describer(tmp_path)  # a fresh client: only the disk cache can answer
+    second = again.describe(LINES)
+    assert second.cached and second.pattern == first.pattern
+    assert len(server.requests) == 1
+    assert_no_key(tmp_path)
+
+
+def test_cache_key_covers_model_prompt_temperature_seed() -> None:
+    m = build_messages(LINES)
+    base = cache_key("gpt-4o", m, 0.0, 0)
+    assert base == cache_key("gpt-4o", build_messages(list(LINES)), 0.0, 0)
+    assert base != cache_key("gpt-4o-mini", m, 0.0, 0)
+    assert base != cache_key("gpt-4o", m, 0.7, 0)
+    assert base != cache_key("gpt-4o", m, 0.0, 1)
+    assert base != cache_key("gpt-4o", build_messages(LINES[:2]), 0.0, 0)
+    assert base != cache_key("gpt-4o", build_messages(LINES, suppress=True), 0.0, 0)
+
+
+def test_invalid_json_is_retried_then_recorded_as_failure(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    server.script = [{"content": "I think it copies {names"}] * 3
+    d, _ = describer(tmp_path)
+    out = d.describe(LINES)
+    assert out.status == "failed" and out.pattern == "" and "JSON" in out.error
+    assert len(server.requests) == 3
+    assert [r["seed"] for r in server.requests] == [0, 1, 2]  # asked again with other seeds
+    assert not list((tmp_path / "llm").rglob("*.json"))  # failures are not cached
+
+
+def test_invalid_json_then_success(server: FakeServer, tmp_path: Path) -> None:
+    server.script = [{"content": "not json"}, {"content": "```json\n" + GOOD + "\n```"}]
+    d, _ = describer(tmp_path)
+    out = d.describe(LINES)
+    assert out.status == "pattern" and out.attempts == 2
+
+
+def test_rate_limit_then_success(server: FakeServer, tmp_path: Path) -> None:
+    server.script = [
+        {"status": 429, "message": "rate limited", "headers": {"Retry-After": "0.02"}},
+        {"content": GOOD},
+    ]
+    d, waits = describer(tmp_path)
+    out = d.describe(LINES)
+    assert out.status == "pattern" and out.attempts == 2
+    assert waits == [0.02]  # Retry-After honoured
+    assert [r["seed"] for r in server.requests] == [0, 0]  # a transient error keeps the seed
+
+
+def test_server_errors_back_off_exponentially(server: FakeServer, tmp_path: Path) -> None:
+    server.script = [{"status": 500}, {"status": 503}, {"content": GOOD}]
+    d, waits = describer(tmp_path)
+    assert d.describe(LINES).status == "pattern"
+    assert waits == [0.01, 0.02]
+
+
+def test_timeout_then_success(server: FakeServer, tmp_path: Path) -> None:
+    server.script = [{"content": GOOD, "sleep": 1.5}, {"content": GOOD}]
+    d, waits = describer(tmp_path)
+    out = d.describe(LINES)
+    assert out.status == "pattern" and out.attempts == 2 and len(waits) == 1
+
+
+def test_timeouts_exhaust_attempts(server: FakeServer, tmp_path: Path) -> None:
+    server.script = [{"content": GOOD, "sleep": 1.0}] * 2
+    d, _ = describer(tmp_path, max_attempts=2)
+    out = d.describe(LINES)
+    assert out.status == "failed" and "Timeout" in out.error
+
+
+def test_truncated_answer_is_retried_then_failure(server: FakeServer, tmp_path: Path) -> None:
+    server.script = [{"content": GOOD[:40], "finish": "length"}] * 3
+    d, _ = describer(tmp_path)
+    out = d.describe(LINES)
+    assert out.status == "failed" and "truncated" in out.error and out.pattern == ""
+
+
+def test_truncated_then_complete(server: FakeServer, tmp_path: Path) -> None:
+    server.script = [{"content": GOOD, "finish": "length"}, {"content": GOOD}]
+    d, _ = describer(tmp_path)
+    assert d.describe(LINES).attempts == 2
+
+
+def test_server_without_json_mode(server: FakeServer, tmp_path: Path) -> None:
+    server.script = [{"content": GOOD, "reject_json_mode": True}]
+    d, _ = describer(tmp_path)
+    out = d.describe(LINES)
+    assert out.status == "pattern"
+    assert "response_format" in server.requests[0] and "response_format" not in server.requests[1]
+    d.describe(LINES[:2])  # JSON mode is not asked for again
+    assert "response_format" not in server.requests[2]
+
+
+def test_unclear_counts_as_no_pattern(server: FakeServer, tmp_path: Path) -> None:
+    server.script = [
+        {
+            "content": json.dumps(
+                {"reasoning": "Mixed.", "inputs": "Various.", "pattern": "Unclear"}
+            )
+        },
+        {
+            "content": json.dumps(
+                {"reasoning": "No clear link.", "inputs": "x", "pattern": "Maps x"}
+            )
+        },
+    ]
+    d, _ = describer(tmp_path)
+    assert d.describe(LINES).status == "no pattern"
+    assert d.describe(LINES[:1]).status == "no pattern"  # 'clear' anywhere in the answer
+
+
+def test_wrong_key_is_an_error_without_the_key(server: FakeServer, tmp_path: Path) -> None:
+    server.script = [{"status": 401, "message": f"Incorrect API key provided: {KEY}"}]
+    d, _ = describer(tmp_path)
+    with pytest.raises(LLMError) as err:
+        d.describe(LINES)
+    assert KEY not in str(err.value) and "401" in str(err.value)
+
+
+def test_no_key_raises_and_cache_only_still_works(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d, _ = describer(tmp_path)
+    d.describe(LINES)  # cached while the key was there
+    monkeypatch.delenv("OPENAI_API_KEY")
+    offline, _ = describer(tmp_path)
+    with pytest.raises(MissingAPIKey):
+        offline.describe(LINES[:2])
+    assert offline.describe(LINES, cache_only=True).cached
+    assert offline.describe(LINES[:2], cache_only=True).status == "unavailable"
+
+
+def test_describe_heads_table_and_note(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = []
+    for head in (0, 1):
+        for s, src in enumerate(["␣a", "␣b"]):
+            for r, tgt in enumerate(["␣x", "␣y"]):
+                rows.append(
+                    dict(
+                        layer=3,
+                        head=head,
+                        name=f"3.{head}",
+                        salient_rank=s + 1,
+                        source=src,
+                        saliency=1.0,
+                        rank=r + 1,
+                        target=f"{tgt}{head}",
+                        score=0.5,
+                    )
+                )
+    sal = pd.DataFrame(rows)
+    d, _ = describer(tmp_path)
+    table = describe_heads(sal, describer=d)
+    assert table["status"].tolist() == ["pattern", "pattern"]
+    assert "2 of 2 heads" in availability_note(table)
+    monkeypatch.delenv("OPENAI_API_KEY")
+    fresh, _ = describer(tmp_path / "empty")
+    none = describe_heads(sal, describer=fresh)
+    assert none["status"].tolist() == ["unavailable"] * 2
+    assert availability_note(none).startswith("LLM descriptions are unavailable")
+    assert_no_key(tmp_path)
+
+
+def test_parse_answer_is_tolerant() -> None:
+    assert parse_answer(GOOD)["pattern"].startswith("Copies")
+    assert parse_answer("Sure! Here it is: " + GOOD + " Hope this helps.")["inputs"]
+    assert parse_answer('{"Pattern": "Capitalises", "Inputs": "words"}')["pattern"] == "Capitalises"
+    assert parse_answer("Unclear")["pattern"] == "Unclear"
+    assert parse_answer('"Unclear."')["pattern"] == "Unclear"
+    for bad in (None, "", "   ", "it copies", '{"pattern": ""}', "[1, 2]", GOOD[:30]):
+        assert parse_answer(bad) is None
+    assert is_no_pattern("The pattern is unclear") and not is_no_pattern(GOOD)
+
+
+def test_prompt_states_format_and_rule() -> None:
+    msgs = build_messages(LINES, suppress=True)
+    user = msgs[1]["content"]
+    assert "suppresses" in user and '"Unclear"' in user and "'␣'" in user
+    assert all(line in user for line in LINES) and "3 tokens" in user
