@@ -8,6 +8,7 @@ fix are printed as one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -211,6 +212,8 @@ def cmd_book(args: argparse.Namespace) -> None:
     from mapslib.models import model_slug
 
     selected = book.select_chapters(args.chapters, book.chapters())
+    if args.fresh:
+        os.environ["MAPSLIB_RECOMPUTE"] = "1"  # inherited by the papermill kernels
     params = {"device": args.device} | book.parse_parameters(args.parameter)
     for chapter in selected:
         t = time.perf_counter()
@@ -230,9 +233,99 @@ def cmd_book(args: argparse.Namespace) -> None:
         log(f"book built: {index}")
 
 
+# --- salient ----------------------------------------------------------------------------------------
+
+
+def _salient_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "salient", help="each head's most salient tokens and the tokens it maps them to"
+    )
+    _model_args(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--heads", default=None, help="comma-separated LAYER.HEAD, e.g. 23.2,23.3")
+    which.add_argument(
+        "--layers", default=None, help="comma-separated layers, e.g. 0,5,12 (default: all)"
+    )
+    p.add_argument(
+        "--top-tokens", type=int, default=30, help="salient tokens per head (default: 30)"
+    )
+    p.add_argument(
+        "--top-mappings", type=int, default=5, help="mapped tokens per salient token (default: 5)"
+    )
+    p.add_argument(
+        "--suppress", action="store_true", help="the most suppressed tokens instead of promoted"
+    )
+    p.add_argument(
+        "--embedding",
+        default="paper",
+        choices=["paper", "raw", "mlp0-residual"],
+        help="E_in mode (default: paper)",
+    )
+    p.add_argument(
+        "--out", required=True, help="output .json (recommended: keeps tokens intact) or .csv"
+    )
+
+
+@command("salient")
+def cmd_salient(args: argparse.Namespace) -> None:
+    """Write the salient mappings of the chosen heads as a tidy table."""
+    from mapslib.adapters import HeadWeights
+    from mapslib.io import write_table
+    from mapslib.mappings import parse_head
+    from mapslib.models import load_model
+    from mapslib.salient import salient_mappings
+    from mapslib.scores import parse_layers
+
+    out = _check_out(args.out, (".json", ".csv"))
+    for name in ("top_tokens", "top_mappings"):
+        if getattr(args, name) < 1:
+            raise BadArgument(
+                f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}"
+            )
+    specs = [s for s in (args.heads or "").split(",") if s.strip()]
+    for spec in specs:  # check the syntax before the slow model load
+        parse_head(spec)
+    t0 = time.perf_counter()
+    loaded = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
+    hw = HeadWeights(loaded.model)
+    if specs:
+        heads = [parse_head(s, hw) for s in specs]
+    else:
+        heads = [
+            (layer, h)
+            for layer in parse_layers(args.layers, hw.n_layers)
+            for h in range(hw.n_heads)
+        ]
+    t1 = time.perf_counter()
+    df = salient_mappings(
+        hw,
+        loaded.tokenizer,
+        heads,
+        top_tokens=args.top_tokens,
+        top_mappings=args.top_mappings,
+        suppress=args.suppress,
+        embedding=args.embedding,
+        progress=sys.stderr.isatty(),
+    )
+    params = run_header(args, loaded) | {
+        "heads": [f"{la}.{h}" for la, h in heads],
+        "top_tokens": args.top_tokens,
+        "top_mappings": args.top_mappings,
+        "mode": "suppress" if args.suppress else "promote",
+        "embedding": args.embedding,
+        "saliency": "||e_t W_VO|| / ||e_t||, e_t a row of E_in, over the whole vocabulary",
+        "timings_s": {
+            "load": round(t1 - t0, 3),
+            "salient": round(time.perf_counter() - t1, 3),
+        },
+    }
+    write_table(out, df, params)
+    log(f"wrote {len(df)} rows to {out} ({len(heads)} heads, {time.perf_counter() - t1:.1f}s)")
+
+
 # --- entry point ------------------------------------------------------------------------------------
 
-PARSERS = [_relations_parser, _book_parser]
+PARSERS = [_relations_parser, _book_parser, _salient_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
