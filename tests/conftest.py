@@ -30,3 +30,17 @@ def model(arch: str):
 def hw(model) -> HeadWeights:
     """HeadWeights of the tiny model."""
     return HeadWeights(model)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M (the real default model), loaded once per session; read-only."""
+    from mapslib.models import load_model
+
+    return load_model("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2_hw(smollm2) -> HeadWeights:
+    """HeadWeights of SmolLM2-135M."""
+    return HeadWeights(smollm2.model)

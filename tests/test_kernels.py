@@ -62,7 +62,9 @@ def test_ties_count_on_neither_side() -> None:
     above, below = count_outside(a, w_o, Unembedding.prepare(U, 5), targets, 100, Blocks(4, 8))
     want_above, want_below = _brute_counts(M, targets)
     assert torch.equal(above, want_above) and torch.equal(below, want_below)
-    assert torch.equal(above + below, torch.full((6,), 48))  # 50 columns minus target minus its twin
+    assert torch.equal(
+        above + below, torch.full((6,), 48)
+    )  # 50 columns minus target minus its twin
 
 
 def test_both_associations_agree() -> None:
@@ -72,7 +74,9 @@ def test_both_associations_agree() -> None:
         a, w_o, U = _problem(n=50, r=r, d=d, v=200, seed=r)
         M = a @ w_o @ U
         targets = torch.arange(50) % 200
-        above, below = count_outside(a, w_o, Unembedding.prepare(U, 1000), targets, 1000, Blocks(7, 33))
+        above, below = count_outside(
+            a, w_o, Unembedding.prepare(U, 1000), targets, 1000, Blocks(7, 33)
+        )
         assert torch.equal(above, _brute_counts(M, targets)[0])
         assert torch.equal(below, _brute_counts(M, targets)[1])
 

@@ -12,7 +12,9 @@ from mapslib.relations import Relation, TokenizedRelation
 from mapslib.scores import SCORE_COLUMNS, default_k, parse_layers, relation_scores
 
 
-def synthetic_relation(name: str, vocab: int, n: int, seed: int, copying: bool = False) -> TokenizedRelation:
+def synthetic_relation(
+    name: str, vocab: int, n: int, seed: int, copying: bool = False
+) -> TokenizedRelation:
     """A relation over random token ids (tiny models have no real words)."""
     g = torch.Generator().manual_seed(seed)
     src = torch.randint(3, vocab, (n,), generator=g).tolist()
@@ -22,7 +24,15 @@ def synthetic_relation(name: str, vocab: int, n: int, seed: int, copying: bool =
     return TokenizedRelation(rel, pairs, tuple(src), tuple(dst))
 
 
-def brute_force(hw: HeadWeights, rel: TokenizedRelation, layer: int, head: int, k: int, mode: str, embedding: str) -> float:
+def brute_force(
+    hw: HeadWeights,
+    rel: TokenizedRelation,
+    layer: int,
+    head: int,
+    k: int,
+    mode: str,
+    embedding: str,
+) -> float:
     """phi_R by building M's rows with the d x d W_VO and calling torch.topk."""
     E = hw.embedding()
     kind = embedding_kind(embedding, layer)
@@ -53,9 +63,14 @@ def test_k_rule_and_override() -> None:
     from tiny_models import tiny_model
 
     hw = HeadWeights(tiny_model("llama"))
-    rels = [synthetic_relation("copy", hw.vocab_size, 30, 0, copying=True), synthetic_relation("r", hw.vocab_size, 30, 1)]
+    rels = [
+        synthetic_relation("copy", hw.vocab_size, 30, 0, copying=True),
+        synthetic_relation("r", hw.vocab_size, 30, 1),
+    ]
     df = relation_scores(hw, rels)
-    assert set(df.loc[df.relation == "copy", "k"]) == {1} and set(df.loc[df.relation == "r", "k"]) == {10}
+    assert set(df.loc[df.relation == "copy", "k"]) == {1} and set(
+        df.loc[df.relation == "r", "k"]
+    ) == {10}
     df = relation_scores(hw, rels, k=5, layers=[1])
     assert set(df["k"]) == {5} and set(df["layer"]) == {1}
     with pytest.raises(BadArgument):
@@ -86,3 +101,34 @@ def test_no_relations_is_a_clear_error() -> None:
 
     with pytest.raises(TooFewPairs):
         relation_scores(HeadWeights(tiny_model("llama")), [])
+
+
+@pytest.mark.slow
+def test_smollm2_scores_match_naive_topk(smollm2, smollm2_hw: HeadWeights) -> None:
+    """On the real model: every head of two layers, every scored relation, against rows built naively."""
+    from mapslib.embeddings import InputEmbeddings
+    from mapslib.relations import load_relations, scorable
+    from mapslib.scores import relation_k
+
+    hw = smollm2_hw
+    rels = scorable(load_relations(), smollm2.tokenizer, log=lambda _: None)
+    df = relation_scores(hw, rels, layers=[0, 23]).set_index(["layer", "head", "relation", "mode"])[
+        "score"
+    ]
+    U = hw.unembedding()
+    for layer in (0, 23):
+        e_in = InputEmbeddings(hw, None, "paper").for_layer(layer)
+        for head in range(hw.n_heads):
+            w_vo = hw.W_VO(layer, head)
+            for r in rels:
+                M = e_in[list(r.src_ids)] @ w_vo @ U
+                k = relation_k(r, hw.vocab_size)
+                for mode, sign in (("promote", 1), ("suppress", -1)):
+                    top = torch.topk(sign * M, k, dim=1).indices
+                    want = (top == torch.tensor(r.dst_ids)[:, None]).any(1).float().mean().item()
+                    assert df[(layer, head, r.name, mode)] == pytest.approx(want, abs=1e-6), (
+                        layer,
+                        head,
+                        r.name,
+                        mode,
+                    )

@@ -1,0 +1,49 @@
+# Two entry points for a fresh machine (see README.md):
+#   make book   set everything up, run every chapter for the default model, build the HTML book
+#   make test   set everything up, run ruff, pytest and the notebook regression tests (nbval)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL ?= smollm2-135m
+DEVICE ?= auto
+
+.PHONY: setup book test lint unit nbval bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned: these machines carry the CPU build of 2.13.0 locally, so pip does not fetch CUDA.
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+book: setup
+	$(BIN)/python -m mapslib book --model $(MODEL) --device $(DEVICE) --fresh
+
+lint: setup
+	$(BIN)/ruff check mapslib tests notebooks benchmarks
+	$(BIN)/ruff format --check mapslib tests benchmarks
+
+unit: setup
+	$(BIN)/python -m pytest -q tests
+
+# nbval re-executes copies of the committed executed notebooks (so their data/ is not rewritten) and
+# compares every text output with the committed one; MAPSLIB_RECOMPUTE=1 makes them recompute.
+nbval: setup
+	rm -rf _build/nbval && mkdir -p _build/nbval && cp $$(grep -v '^#' tests/nbval_notebooks.txt) _build/nbval/
+	MAPSLIB_RECOMPUTE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 _build/nbval
+
+test: lint unit nbval
+
+bench: setup
+	$(BIN)/python benchmarks/bench_relations.py
+
+clean:
+	rm -rf _build

@@ -1,0 +1,181 @@
+"""The command line as a user calls it: the `relations` contract end to end, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mapslib.cli import main
+from mapslib.scores import SCORE_COLUMNS
+
+
+@pytest.mark.slow
+def test_relations_end_to_end_on_smollm2(tmp_path: Path) -> None:
+    """All shipped relations, all layers: the CSV contract, the sidecar, and the recorded head scores."""
+    out = tmp_path / "scores.csv"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mapslib",
+            "relations",
+            "--model",
+            "smollm2-135m",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "skipping relation year_to_following: 0 of 700" in proc.stderr
+    df = pd.read_csv(out)
+    assert list(df.columns) == SCORE_COLUMNS
+    assert len(df) == 30 * 9 * 16 * 2
+    assert set(df["mode"]) == {"promote", "suppress"}
+    assert df.groupby(["layer", "head", "relation", "mode"]).size().max() == 1
+    score = df.set_index(["layer", "head", "relation", "mode"])["score"]
+    assert score[(23, 2, "name_copying", "promote")] == pytest.approx(0.84, abs=0.01)
+    assert score[(23, 3, "name_copying", "suppress")] == pytest.approx(0.87, abs=0.01)
+    assert set(df.loc[df.relation == "name_copying", "k"]) == {1}
+    assert set(df.loc[df.relation == "country_to_capital_wikidata", "k"]) == {10}
+
+    side = json.loads(out.with_name("scores.csv.json").read_text())
+    assert (
+        side["model"]["revision"].startswith("sha256:") and "Q4_1" in side["model"]["quantization"]
+    )
+    assert side["environment"]["mapslib"] and side["layers"] == list(range(30))
+    rels = {r["name"]: r for r in side["relations"]}
+    assert len(rels) == 20 and len(rels["name_copying"]["sha256"]) == 64
+    assert (
+        rels["name_copying"]["single_token_pairs"] == 99
+        and rels["year_to_following"]["scored"] is False
+    )
+    assert {"load", "score", "total"} <= set(side["timings_s"])
+    assert side["command"].startswith("python -m mapslib relations --model smollm2-135m")
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write left nothing behind
+
+
+@pytest.mark.slow
+def test_user_relation_layers_and_k(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rel = tmp_path / "first_names.csv"
+    names = [
+        "John",
+        "Mary",
+        "James",
+        "Anna",
+        "David",
+        "Sarah",
+        "Michael",
+        "Laura",
+        "Peter",
+        "Emma",
+    ] * 3
+    rel.write_text("src,dst\n" + "".join(f"{n},{n}\n" for n in names))
+    out = tmp_path / "s.csv"
+    rc = main(
+        [
+            "relations",
+            "--relations",
+            str(rel),
+            "names",
+            "--layers",
+            "22,23",
+            "--k",
+            "2",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    df = pd.read_csv(out)
+    assert set(df["relation"]) == {"first_names", "name_copying"}
+    assert set(df["layer"]) == {22, 23} and set(df["k"]) == {2}
+    assert df.loc[(df.relation == "first_names") & (df["mode"] == "promote"), "score"].max() > 0.5
+
+
+def _error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: ")
+    return err
+
+
+def test_unknown_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    err = _error(
+        ["relations", "--model", "no-such-model-xyz", "--out", str(tmp_path / "a.csv")], capsys
+    )
+    assert "smollm2-135m" in err and "gemma3-270m" in err
+    err = _error(
+        ["relations", "--model", str(tmp_path / "missing.gguf"), "--out", str(tmp_path / "a.csv")],
+        capsys,
+    )
+    assert "GGUF file not found" in err
+
+
+def test_malformed_relation_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "broken.json"
+    bad.write_text('[["a", "b"], ["c", "d", "e"]]')
+    err = _error(["relations", "--relations", str(bad), "--out", str(tmp_path / "a.csv")], capsys)
+    assert str(bad) in err and "row 1" in err
+
+
+def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert "--out must end in .csv" in _error(
+        ["relations", "--out", str(tmp_path / "a.txt")], capsys
+    )
+    assert "--k must be a positive" in _error(
+        ["relations", "--k", "0", "--out", str(tmp_path / "a.csv")], capsys
+    )
+    assert "unknown relation" in _error(
+        ["relations", "--relations", "nope", "--out", str(tmp_path / "a.csv")], capsys
+    )
+
+
+@pytest.mark.slow
+def test_too_few_pairs_and_bad_layers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    small = tmp_path / "tiny_rel.json"
+    small.write_text(json.dumps([["cat", "cats"], ["dog", "dogs"]]))
+    err = _error(
+        [
+            "relations",
+            "--relations",
+            str(small),
+            "--out",
+            str(tmp_path / "a.csv"),
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert (
+        "skipping relation tiny_rel: 2 of 2 pairs" in err
+        and "no relation has enough single-token pairs" in err
+    )
+    err = _error(
+        ["relations", "--layers", "0,30", "--out", str(tmp_path / "a.csv"), "--device", "cpu"],
+        capsys,
+    )
+    assert "layers 0..29" in err
+
+
+def test_unsupported_architecture(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A local model folder of an unsupported family is refused before its weights are read."""
+    from transformers import OPTConfig
+
+    OPTConfig(
+        num_hidden_layers=1, hidden_size=16, num_attention_heads=2, ffn_dim=32, vocab_size=50
+    ).save_pretrained(tmp_path)
+    err = _error(["relations", "--model", str(tmp_path), "--out", str(tmp_path / "a.csv")], capsys)
+    assert "'opt' is not supported" in err and "llama" in err and "gpt2" in err
