@@ -28,7 +28,10 @@ def _byte_decoder() -> dict[str, int]:
 
 
 def _escape(text: str) -> str:
-    """Make whitespace and control characters visible: spaces as '␣', newlines as '\\n', others as \\xNN."""
+    """Make whitespace and control characters visible: spaces as '␣', newlines as '\\n', others escaped.
+
+    U+FFFD is escaped too: a token that *is* the replacement character must not look like a failed decode.
+    """
     out = []
     for ch in text:
         if ch == " ":
@@ -37,7 +40,7 @@ def _escape(text: str) -> str:
             out.append("\\n")
         elif ch == "\t":
             out.append("\\t")
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
+        elif ch == "\ufffd" or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
             out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
         else:
             out.append(ch)
@@ -69,15 +72,16 @@ def notebook_setup(precision: int = 3) -> None:
     """Quiet, deterministic notebook output: no progress bars or library warnings, fixed float precision."""
     import warnings
 
+    warnings.filterwarnings("ignore")  # first: importing transformers can warn (e.g. tqdm without widgets)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
     import matplotlib
     import pandas as pd
     import torch
     import transformers
 
-    os.environ.setdefault("TQDM_DISABLE", "1")
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore")
     pd.set_option("display.precision", precision)
     pd.set_option("display.max_rows", 60)
     pd.set_option("display.width", 120)

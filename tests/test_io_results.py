@@ -1,0 +1,58 @@
+"""Atomic writes, sidecars, and reuse of results whose parameters match."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mapslib.io import atomic_write, sidecar_path, write_table
+from mapslib.results import cached_table
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text("old")
+
+    def broken(p: Path) -> None:
+        p.write_text("half")
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, broken)
+    assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
+    atomic_write(path, lambda p: p.write_text("new"))
+    assert path.read_text() == "new" and list(tmp_path.iterdir()) == [path]
+
+
+def test_write_table_csv_and_json_with_sidecar(tmp_path: Path) -> None:
+    df = pd.DataFrame({"token": ["NA", "␣null"], "x": [1, 2]})
+    write_table(tmp_path / "t.csv", df, {"k": 1})
+    write_table(tmp_path / "t.json", df, {"k": 2})
+    assert json.loads(sidecar_path(tmp_path / "t.csv").read_text()) == {"k": 1}
+    assert pd.read_json(tmp_path / "t.json")["token"].tolist() == ["NA", "␣null"]
+
+
+def test_cached_table_reuses_only_matching_parameters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def compute() -> pd.DataFrame:
+        calls.append(1)
+        return pd.DataFrame({"v": [len(calls)]})
+
+    path = tmp_path / "r.csv"
+    assert cached_table(path, {"a": 1, "b": (1, 2)}, compute)["v"].tolist() == [1]
+    assert cached_table(path, {"a": 1, "b": [1, 2]}, compute)["v"].tolist() == [
+        1
+    ]  # same params: reused
+    assert cached_table(path, {"a": 2, "b": [1, 2]}, compute)["v"].tolist() == [
+        2
+    ]  # changed: recomputed
+    monkeypatch.setenv("MAPSLIB_RECOMPUTE", "1")
+    assert cached_table(path, {"a": 2, "b": [1, 2]}, compute)["v"].tolist() == [3]  # forced
+    meta = json.loads(sidecar_path(path).read_text())
+    assert meta["params"] == {"a": 2, "b": [1, 2]} and "mapslib" in meta["environment"]
