@@ -25,8 +25,8 @@ that is not injective. Two numbers are reported, never one silently standing for
   the GEE estimator were tried and undercount these heads 2-4x.
 
 The sampling error of both is a delete-a-group jackknife over `groups` random groups of the sample
-(no extra model compute); on the same heads it agrees with the standard deviation over independent
-samples within about 30%. It measures variance only, not the estimator's bias.
+(no extra model compute); on the same heads it was 0.8 to 1.9 times the standard deviation over 20
+independent samples (mostly larger, so conservative). It measures variance only, not the bias.
 
 Reference heads (paper): a *specific* head maps every token to one token (size 1/|V|); a *global*
 head maps every token to its capitalised-with-leading-space form when that is a token, and all others
@@ -124,7 +124,9 @@ def jackknife_se(labels: np.ndarray, population: int, groups: int = 8) -> tuple[
         return 0.0, 0.0
     parts = np.array_split(np.arange(n), groups)
     reps = np.array([_size_stats(np.delete(labels, p), population) for p in parts])
-    var = (groups - 1) / groups * ((reps - reps.mean(0)) ** 2).sum(0)
+    dev = reps - reps.mean(0)
+    dev[np.abs(dev) < 1e-12] = 0.0  # equal replicates: exactly zero, not rounding noise
+    var = (groups - 1) / groups * (dev**2).sum(0)
     return float(np.sqrt(var[0])), float(np.sqrt(var[1]))
 
 
@@ -155,10 +157,10 @@ def sample_sources(vocab_size: int, sample: int | None, seed: int = 0) -> Tensor
     return torch.randperm(vocab_size, generator=gen)[:sample]
 
 
-def default_sample(hw: HeadWeights) -> int | None:
-    """Exact (None) on a GPU or for vocabularies up to 8192 tokens, else 1024 sampled sources."""
+def default_sample(hw: HeadWeights, cpu_sample: int = 1024) -> int | None:
+    """Exact (None) on a GPU or for vocabularies up to 8192 tokens, else `cpu_sample` sampled sources."""
     on_gpu = hw.embedding_module.weight.device.type == "cuda"
-    return None if on_gpu or hw.vocab_size <= 8192 else 1024
+    return None if on_gpu or hw.vocab_size <= 8192 else cpu_sample
 
 
 def head_targets(

@@ -201,11 +201,27 @@ def compare_with_llm(labels: pd.DataFrame, descriptions: pd.DataFrame) -> pd.Dat
     return merged
 
 
-def label_counts_by_layer(labels: pd.DataFrame) -> pd.DataFrame:
-    """Heads per layer and primary label (including 'none')."""
-    return labels.pivot_table(
+def label_counts_by_layer(labels: pd.DataFrame, labelled_only: bool = False) -> pd.DataFrame:
+    """Heads per layer and primary label (including 'none'); optionally only layers with a label."""
+    counts = labels.pivot_table(
         index="layer", columns="label", values="head", aggfunc="count", fill_value=0
     )
+    if labelled_only:
+        counts = counts[counts.drop(columns="none", errors="ignore").sum(axis=1) > 0]
+    return counts
+
+
+def example_heads(labels: pd.DataFrame, n: int = 4) -> list[str]:
+    """Heads worth showing: the best head of each offline label, then unlabelled heads spread over depth."""
+    found = labels[labels["label"] != "none"].sort_values(
+        ["share", "layer", "head"], ascending=[False, True, True]
+    )
+    picks = list(found.drop_duplicates("label")["name"])[:n]
+    rest = labels[labels["label"] == "none"].sort_values(["layer", "head"])
+    if len(picks) < n and len(rest):
+        step = len(rest) / (n - len(picks) + 1)
+        picks += [rest["name"].iloc[int(step * (i + 1))] for i in range(n - len(picks))]
+    return picks
 
 
 def identified_share_by_layer(

@@ -104,9 +104,13 @@ def salient_mappings(
     top_mappings: int = 5,
     suppress: bool = False,
     embedding: str = "paper",
+    saliency: Tensor | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Each head's most salient tokens and their top (or bottom) mapped tokens, one row per mapping."""
+    """Each head's most salient tokens and their top (or bottom) mapped tokens, one row per mapping.
+
+    `saliency` may pass `saliency_scores(hw)` for every layer (same embedding mode) to reuse it.
+    """
     from tqdm import tqdm
 
     grouped = _layer_heads(heads)
@@ -115,7 +119,11 @@ def salient_mappings(
     blocks = Blocks.for_device(U.device)
     frames = []
     for layer, hs in tqdm(grouped.items(), desc="layers", unit="layer", disable=not progress):
-        sal = saliency_scores(hw, [layer], inputs=inputs)[0]  # (H, |V|)
+        sal = (
+            saliency[layer]
+            if saliency is not None
+            else saliency_scores(hw, [layer], inputs=inputs)[0]
+        )
         sal_v, sal_i = top_salient(sal[hs], top_tokens)
         e_in, w_v, w_o = inputs.for_layer(layer), hw.W_V(layer), hw.W_O(layer)
         # rows of E_in W_VO for every head's salient tokens, stacked: one pass over U per layer

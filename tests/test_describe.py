@@ -8,6 +8,8 @@ what it cached, and that the key appears nowhere.
 from __future__ import annotations
 
 import json
+import os
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -327,3 +329,44 @@ def test_prompt_states_format_and_rule() -> None:
     user = msgs[1]["content"]
     assert "suppresses" in user and '"Unclear"' in user and "'␣'" in user
     assert all(line in user for line in LINES) and "3 tokens" in user
+
+
+def test_key_never_printed_or_logged(
+    server: FakeServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    messages: list[str] = []
+    server.script = [{"status": 429}, {"content": "oops"}, {"content": GOOD}]
+    d = Describer(
+        LLMConfig(model="test-model", timeout=0.5, backoff=0.0, max_attempts=3),
+        cache=tmp_path / "llm",
+        sleep=lambda s: None,
+        log=messages.append,
+    )
+    d.describe(LINES)
+    out = capsys.readouterr()
+    assert len(messages) == 2  # the 429 and the unparseable answer were reported
+    for text in [out.out, out.err, caplog.text, *messages]:
+        assert KEY not in text
+
+
+SECRET = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
+
+
+def test_executed_notebooks_hold_no_key() -> None:
+    """No executed chapter (or its tables) contains an API key, the environment's or any sk-... string."""
+    root = Path(__file__).resolve().parents[1]
+    env_key = os.environ.get("OPENAI_API_KEY")
+    files = list((root / "book").rglob("*.ipynb")) + list((root / "book").rglob("*.json"))
+    files += list((root / "notebooks").glob("*.ipynb"))
+    assert any(f.suffix == ".ipynb" for f in files)
+    for f in files:
+        text = f.read_text(encoding="utf-8", errors="replace")
+        assert not SECRET.search(text), f
+        if env_key:
+            assert env_key not in text, f

@@ -161,3 +161,8 @@ def test_reference_heads_on_a_known_vocabulary() -> None:
     assert spec["size_exact"] == pytest.approx(1 / 10)
     assert glob["exact"] and glob["size"] == pytest.approx(0.4)
     assert ref.attrs["capitalised_share"] == pytest.approx(3 / 10)
+
+
+def test_one_output_has_exactly_zero_error() -> None:
+    st = space_stats(np.zeros(512, dtype=int), 49152)
+    assert st["size_sample_se"] == 0.0 and st["size_se"] == 0.0

@@ -8,6 +8,7 @@ import pytest
 from mapslib.labeller import (
     DETECTORS,
     compare_with_llm,
+    example_heads,
     identified_share_by_layer,
     is_capitalisation,
     is_comparative,
@@ -165,3 +166,14 @@ def test_names_operation() -> None:
     assert names_operation("completes sub-words into full words", "sub-word completion")
     assert names_operation("maps a word to its first letter", "first letter")
     assert not names_operation("maps countries to capitals", "first letter")
+
+
+def test_example_heads_and_labelled_layers() -> None:
+    labels = label_heads(salient_table(HEADS))
+    # best head of each label by share (1, 2/3, 2/3; ties by layer), then an unlabelled head
+    assert example_heads(labels, 2) == ["0.1", "0.0"]
+    assert example_heads(labels, 4) == ["0.1", "0.0", "1.1", "1.0"]
+    assert list(label_counts_by_layer(labels, labelled_only=True).index) == [0, 1]
+    none = labels.assign(label="none")
+    assert list(label_counts_by_layer(none, labelled_only=True).index) == []
+    assert len(example_heads(none, 3)) == 3

@@ -155,3 +155,49 @@ def test_smollm2_name_copying_head_copies() -> None:
     )
     assert copied.mean() > 0.5
     assert df["source"].str.startswith("␣").mean() > 0.5  # leading spaces are shown
+
+
+def test_salient_mappings_reuse_precomputed_saliency() -> None:
+    hw = HeadWeights(tiny_model("llama"))
+    heads = [(0, 1), (1, 2)]
+    a = salient_mappings(hw, StubTokenizer(), heads, top_tokens=4, top_mappings=2)
+    b = salient_mappings(
+        hw, StubTokenizer(), heads, top_tokens=4, top_mappings=2, saliency=saliency_scores(hw)
+    )
+    assert a.equals(b)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--heads", "23.x", "--out", "x.json"], "LAYER.HEAD"),
+        (["--heads", "23.2", "--out", "x.txt"], "--out must end in"),
+        (["--heads", "23.2", "--top-tokens", "0", "--out", "x.json"], "--top-tokens"),
+    ],
+)
+def test_cli_rejects_bad_arguments_before_loading(
+    argv: list[str], message: str, tmp_path, capsys: pytest.CaptureFixture
+) -> None:
+    from mapslib.cli import main
+
+    argv = [a if not a.startswith("x.") else str(tmp_path / a) for a in argv]
+    assert main(["salient", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_salient_writes_table_and_parameters(tmp_path) -> None:
+    import json
+
+    import pandas as pd
+
+    from mapslib.cli import main
+
+    out = tmp_path / "salient.json"
+    argv = ["salient", "--heads", "23.2,23.3", "--top-tokens", "4", "--top-mappings", "3"]
+    assert main([*argv, "--device", "cpu", "--out", str(out)]) == 0
+    df = pd.read_json(out, dtype=False)
+    assert list(df.columns) == SALIENT_COLUMNS and len(df) == 2 * 4 * 3
+    params = json.loads((tmp_path / "salient.json.json").read_text())
+    assert params["heads"] == ["23.2", "23.3"] and params["top_tokens"] == 4
+    assert "Q4_1" in params["model"]["quantization"]

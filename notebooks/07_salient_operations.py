@@ -1,0 +1,222 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Salient operations: what does this head do?
+#
+# Predefined relations only find what we thought of asking. The complementary question is what a
+# head does *most prominently*, read from its weights without a hypothesis. MAPS answers it in three
+# steps (paper, section 5):
+#
+# 1. **Saliency.** For every token $t$ of the vocabulary, how strongly the head acts on it:
+#    $\sigma_t = \lVert e_t W_{VO} \rVert / \lVert e_t \rVert$, with $e_t$ the row of
+#    $E_\text{in}$ the head reads. Dividing by $\lVert e_t\rVert$ keeps tokens with large embeddings
+#    from dominating. The library computes it without any $d \times d$ product:
+#    $\lVert e_t W_V W_O \rVert = \lVert (e_t W_V) R^\top \rVert$ with $W_O^\top = QR$, one
+#    $d_\text{head} \times d_\text{head}$ product per token.
+# 2. **Salient mappings.** The 30 most salient tokens, each with the 5 tokens its row of
+#    $M = E_\text{in} W_{VO} U$ scores highest.
+# 3. **A description.** An LLM (GPT-4o in the paper) is asked whether the mappings show a pattern,
+#    answering in JSON, or "Unclear". This chapter adds an offline alternative: rule-based detectors
+#    for operations that can be checked on token strings, which need no API and cross-check the LLM.
+
+# %% tags=["parameters"]
+model = "smollm2-135m"  # alias, .gguf path, local folder or hub id
+device = "cpu"  # cpu, cuda or auto
+out_dir = "data"  # where tables are written (relative to the executed notebook)
+heads = None  # heads whose mappings are shown, e.g. ["23.2", "28.2"]; None: chosen from the labels
+suppressor = "23.3"  # a head read from the bottom of its rows (SmolLM2: name suppression)
+top_tokens = 30  # salient tokens per head (paper: 30)
+top_mappings = 5  # mapped tokens per salient token (paper: 5)
+show = 15  # salient tokens printed per head
+llm_model = "gpt-4o"  # any OpenAI-compatible model; key and base URL come from the environment
+temperature = 0.0
+seed = 0
+threshold = 0.5  # share of salient tokens an offline detector must explain
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from pathlib import Path
+
+from mapslib import plots_salient
+from mapslib.adapters import HeadWeights
+from mapslib.describe import LLMConfig, availability_note, describe_heads, llm_available
+from mapslib.display import notebook_setup
+from mapslib.labeller import (
+    compare_with_llm,
+    example_heads,
+    identified_share_by_layer,
+    label_counts_by_layer,
+    label_heads,
+)
+from mapslib.mappings import parse_head
+from mapslib.models import load_model, model_slug
+from mapslib.results import cached_table
+from mapslib.salient import mapping_table, saliency_scores, salient_mappings
+
+notebook_setup()
+lm = load_model(model, device=device)
+hw = HeadWeights(lm.model)
+name = model_slug(model)
+print(lm.quantization)
+
+# %% [markdown]
+# ## Saliency of every token, for every head
+#
+# One number per head and vocabulary token: the whole tensor, every head of every layer over the
+# whole vocabulary, takes seconds.
+
+# %%
+sal = saliency_scores(hw)
+print(f"saliency: {sal.shape[0]} layers x {sal.shape[1]} heads x {sal.shape[2]} tokens")
+
+# %% [markdown]
+# ## Salient mappings of every head
+#
+# The table has one row per head, salient token and mapped token, with the token ids and the visible
+# text (`␣` is a leading space, `\n` a newline, `\xNN` a raw byte). It is written to
+# `data/salient_mappings.json` with the parameters beside it. Below, the first salient tokens of a
+# few heads, most salient first, with their top mappings. Unless the `heads` parameter names them,
+# the heads shown are the best example of each operation the offline labeller (below) finds, then
+# heads it leaves unlabelled, spread over depth.
+
+# %%
+all_heads = [(la, hh) for la in range(hw.n_layers) for hh in range(hw.n_heads)]
+params = {"model": lm.info(), "top_tokens": top_tokens, "top_mappings": top_mappings}
+salient = cached_table(
+    Path(out_dir) / "salient_mappings.json",
+    params,
+    lambda: salient_mappings(
+        hw, lm.tokenizer, all_heads, top_tokens=top_tokens, top_mappings=top_mappings, saliency=sal
+    ),
+)
+print(f"{len(salient)} rows for {salient.groupby(['layer', 'head']).ngroups} heads")
+
+# %%
+shown = heads or example_heads(label_heads(salient, threshold), 4)
+print("heads shown:", ", ".join(shown))
+
+# %% [markdown]
+# The saliency of the first of them over the whole vocabulary, sorted: a head acts strongly on a
+# small set of tokens and weakly on the rest; the 30 tokens the pipeline reads sit at the far left.
+
+# %%
+layer, h = parse_head(shown[0], hw)
+fig = plots_salient.saliency_profile(sal[layer, h].numpy(), shown[0], name, top_tokens)
+
+# %%
+for spec in shown:
+    la, hh = parse_head(spec, hw)
+    print(f"head {spec}")
+    print(mapping_table(salient, la, hh).head(show).to_string())
+    print()
+
+# %% [markdown]
+# A head can also be read from the other end of its rows: the tokens it pushes *down* when it attends
+# to a salient token (parameter `suppressor`; the default, 23.3, is the head of SmolLM2 that
+# suppresses names in the relation map of chapter 2). Its salient tokens and their most suppressed
+# targets:
+
+# %%
+s_layer, s_head = parse_head(suppressor, hw)
+suppressed = salient_mappings(
+    hw,
+    lm.tokenizer,
+    [(s_layer, s_head)],
+    top_tokens=top_tokens,
+    top_mappings=top_mappings,
+    suppress=True,
+    saliency=sal,
+)
+print(f"head {suppressor}, most suppressed targets")
+print(mapping_table(suppressed, s_layer, s_head).head(show).to_string())
+
+# %% [markdown]
+# ## Describing heads with an LLM
+#
+# Each head's 30 lines go to the LLM with this project's prompt (`mapslib.describe.USER_TEMPLATE`):
+# it asks for a JSON object with a short reasoning, one sentence on the inputs and one on the
+# pattern, or "Unclear". As in the paper, an answer that contains "clear" anywhere counts as no
+# pattern. Answers are cached on disk by model, exact prompt, temperature and seed, so this chapter
+# rebuilds identically without network once they exist. Without an `OPENAI_API_KEY` only cached
+# answers are used, and the chapter says so.
+
+# %%
+config = LLMConfig(model=llm_model, temperature=temperature, seed=seed)
+descriptions = describe_heads(salient, config=config, cache_only=not llm_available())
+print(availability_note(descriptions))
+print(descriptions["status"].value_counts().to_string())
+
+# %%
+descriptions[descriptions["name"].isin(shown)][["name", "status", "pattern", "inputs"]]
+
+# %% [markdown]
+# ## An offline labeller
+#
+# Rule-based detectors check, for each salient token, whether any of its top targets is an instance
+# of an operation that can be decided on token strings: **copying** (the same word up to case and
+# leading space), **capitalisation**, **first letter**, **last letter**, **numeric successor**,
+# **sub-word completion** (`inhib` → `␣inhibition`) and the inflections **plural**, **past tense**
+# and **comparative**. A head gets every label whose detector explains at least half of its salient
+# tokens (`threshold`); its main label is the one that explains most. The detectors cannot see
+# semantic or factual operations, so they find fewer patterns than an LLM would; what they find is
+# checkable.
+
+# %%
+labels = label_heads(salient, threshold)
+found = labels[labels["label"] != "none"]
+print(f"{len(found)} of {len(labels)} heads get an offline label")
+print(labels["label"].value_counts().to_string())
+
+# %%
+found[["name", "label", "share", "labels"]].reset_index(drop=True)
+
+# %% [markdown]
+# Labels per layer, for the layers where the labeller finds any. The paper found patterns mostly in
+# middle and upper layers; compare with the relation map of chapter 2, where the heads that score on
+# name copying are.
+
+# %%
+label_counts_by_layer(labels, labelled_only=True)
+
+# %% [markdown]
+# ## The share of heads with an identified pattern, per layer
+#
+# The paper's Figure 5 plots, per layer, the share of heads where GPT-4o described a pattern. Here
+# the same share by the offline labeller, and by the LLM where answers exist.
+
+# %%
+share = identified_share_by_layer(labels, descriptions)
+fig = plots_salient.identification_rate(share, name)
+
+# %% [markdown]
+# ## Where the labeller and the LLM agree
+#
+# Per head: both find no pattern; both find one and the LLM's sentence names the labeller's
+# operation; both find one but a different one; or only one of them finds a pattern. Heads without
+# an LLM answer are counted apart.
+
+# %%
+comparison = compare_with_llm(labels, descriptions)
+print(comparison["agreement"].value_counts().to_string())
+
+# %%
+comparison[comparison["label"] != "none"][["name", "label", "status", "pattern", "agreement"]]
+
+# %% [markdown]
+# The weights come from a 4-bit GGUF file (Q4_1), dequantised to float32: quantisation noise is in
+# every saliency and mapping above. The next chapter uses the same saliencies to ask how *global*
+# each head's operation is.
