@@ -323,9 +323,241 @@ def cmd_salient(args: argparse.Namespace) -> None:
     log(f"wrote {len(df)} rows to {out} ({len(heads)} heads, {time.perf_counter() - t1:.1f}s)")
 
 
+# --- correlate / ablate -----------------------------------------------------------------------------
+
+
+def _behaviour_args(p: argparse.ArgumentParser, default_relations: str) -> None:
+    """Arguments shared by `correlate` and `ablate`."""
+    _model_args(p)
+    p.add_argument(
+        "--relations",
+        nargs="+",
+        default=None,
+        metavar="NAME_OR_FILE",
+        help=f"shipped names/aliases or .json/.csv files (default: {default_relations})",
+    )
+    p.add_argument(
+        "--static",
+        default=None,
+        metavar="FILE.csv",
+        help="static scores from `python -m mapslib relations` for the same model (default: computed)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for sampled pairs / heads (default: 0)"
+    )
+    p.add_argument(
+        "--batch-rows", type=int, default=256, help="rows per forward pass (default: 256)"
+    )
+    p.add_argument("--out", required=True, help="output CSV; parameters go to OUT.json")
+
+
+def _positive_or_all(value: str) -> int | None:
+    """argparse type: a positive integer, or `all` (None)."""
+    if value == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'all', got {value!r}"
+        ) from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
+    return n
+
+
+def _static_scores(args: argparse.Namespace, hw: Any, tokenized: list) -> Any:
+    """Static promote/suppress scores of `tokenized`: read from --static, or computed now."""
+    import pandas as pd
+
+    from mapslib.scores import relation_scores
+
+    if args.static is None:
+        return relation_scores(hw, tokenized, progress=sys.stderr.isatty())
+    path = Path(args.static)
+    if not path.is_file():
+        raise BadArgument(f"--static file not found: {path}")
+    static = pd.read_csv(path)
+    missing = {t.name for t in tokenized} - set(static.get("relation", []))
+    if missing or static.get("layer", pd.Series([])).nunique() != hw.n_layers:
+        raise BadArgument(
+            f"--static {path} does not cover every layer and relation asked for (missing: "
+            f"{', '.join(sorted(missing)) or 'layers'}); make it with `python -m mapslib relations`"
+        )
+    return static
+
+
+def _correlate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "correlate", help="correlate static relation scores with head outputs in a forward pass"
+    )
+    _behaviour_args(p, "all shipped")
+    p.add_argument(
+        "--templates", default="all", help="template indices 0..3, e.g. 0,1 (default: all)"
+    )
+    p.add_argument(
+        "--max-pairs",
+        type=_positive_or_all,
+        default=None,
+        help="pairs per relation, sampled with --seed (default: all)",
+    )
+    p.add_argument(
+        "--dynamic-out",
+        default=None,
+        metavar="FILE.csv",
+        help="also write every head's dynamic score per relation, template, setting and mode",
+    )
+
+
+@command("correlate")
+def cmd_correlate(args: argparse.Namespace) -> None:
+    """Dynamic scores of every head and their Pearson r with the static scores, per relation."""
+    from mapslib.adapters import HeadWeights
+    from mapslib.dynamic import TEMPLATES, correlate, parse_templates
+    from mapslib.io import write_table
+    from mapslib.kernels import KernelStats
+    from mapslib.models import load_model
+    from mapslib.relations import load_relations, scorable
+
+    out = _check_out(args.out, (".csv",))
+    dyn_out = _check_out(args.dynamic_out, (".csv",)) if args.dynamic_out else None
+    try:
+        templates = parse_templates(args.templates)
+    except ValueError as e:
+        raise BadArgument(f"--templates: {e}") from None
+    t0 = time.perf_counter()
+    relations = load_relations(args.relations)
+    loaded = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
+    hw = HeadWeights(loaded.model)
+    tokenized = scorable(relations, loaded.tokenizer, log=log)
+    t1 = time.perf_counter()
+    static = _static_scores(args, hw, tokenized)
+    t2 = time.perf_counter()
+    stats = KernelStats()
+    dynamic, corr = correlate(
+        hw,
+        loaded.tokenizer,
+        tokenized,
+        static,
+        templates=templates,
+        max_pairs=args.max_pairs,
+        seed=args.seed,
+        batch_rows=args.batch_rows,
+        progress=sys.stderr.isatty(),
+        stats=stats,
+    )
+    t3 = time.perf_counter()
+    params = run_header(args, loaded) | {
+        "templates": {i: TEMPLATES[i] for i in templates},
+        "prompt": "template cut after <X>, filled with src (the src is the last token)",
+        "dynamic_score": "dst in the top-k of (z_h W_O[h]) U (suppress: of -(...) U), no b_O, no final norm; "
+        "no_context: z_h = x_last W_V + b_V; k as the static score",
+        "correlation": "Pearson r over heads x templates (static repeated per template)",
+        "relations": [
+            {"name": t.name, "sha256": t.relation.sha256, "pairs": len(t)} for t in tokenized
+        ],
+        "static": args.static or "computed (PROTOCOL.md defaults)",
+        "kernel": {"rows": stats.rows, "full_rows": stats.full_rows, "flops": stats.flops},
+        "timings_s": {
+            "load": round(t1 - t0, 3),
+            "static": round(t2 - t1, 3),
+            "correlate": round(t3 - t2, 3),
+            "total": round(time.perf_counter() - t0, 3),
+        },
+    }
+    write_table(out, corr, params)
+    if dyn_out is not None:
+        write_table(dyn_out, dynamic, params)
+    log(f"wrote {len(corr)} rows to {out} ({len(tokenized)} relations, {t3 - t2:.1f}s)")
+
+
+def _ablate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ablate", help="task accuracy as relation heads, random heads are removed (causal check)"
+    )
+    _behaviour_args(p, "all with a task prompt")
+    p.add_argument(
+        "--max-prompts",
+        type=_positive_or_all,
+        default=100,
+        help="task prompts per relation, sampled with --seed; 'all' for every pair (default: 100)",
+    )
+    p.add_argument("--random-draws", type=int, default=5, help="random-head baselines (default: 5)")
+    p.add_argument(
+        "--step",
+        type=int,
+        default=5,
+        help="random and control curves at every STEP-th head and at the last (default: 5)",
+    )
+
+
+@command("ablate")
+def cmd_ablate(args: argparse.Namespace) -> None:
+    """Accuracy curves for relation heads, random heads and controls; summary in the JSON."""
+    from mapslib import ablation
+    from mapslib.adapters import HeadWeights
+    from mapslib.io import write_table
+    from mapslib.models import load_model
+    from mapslib.relations import load_relations, scorable
+
+    out = _check_out(args.out, (".csv",))
+    if args.random_draws < 1 or args.step < 1:
+        raise BadArgument("--random-draws and --step must be positive integers")
+    t0 = time.perf_counter()
+    relations = load_relations(args.relations or list(ablation.TASK_PROMPTS))
+    no_task = [r.name for r in relations if r.name not in ablation.TASK_PROMPTS]
+    if no_task:
+        raise BadArgument(
+            f"no task prompt for {', '.join(no_task)}; relations with one: {', '.join(ablation.TASK_PROMPTS)}"
+        )
+    loaded = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
+    hw = HeadWeights(loaded.model)
+    tokenized = scorable(relations, loaded.tokenizer, log=log)
+    t1 = time.perf_counter()
+    static = _static_scores(args, hw, tokenized)
+    t2 = time.perf_counter()
+    df = ablation.ablation_experiment(
+        hw,
+        loaded.tokenizer,
+        tokenized,
+        static,
+        max_prompts=args.max_prompts,
+        random_draws=args.random_draws,
+        seed=args.seed,
+        step=args.step,
+        batch_rows=args.batch_rows,
+        progress=sys.stderr.isatty(),
+    )
+    t3 = time.perf_counter()
+    summ = ablation.summary(df)
+    params = run_header(args, loaded) | {
+        "task_prompts": {t.name: ablation.TASK_PROMPTS[t.name] for t in tokenized},
+        "relation_heads": f"top {ablation.n_relation_heads(hw.n_layers * hw.n_heads)} by static "
+        "promote score among scores > 0",
+        "rules": {
+            "min_base_accuracy": ablation.MIN_BASE,
+            "control_max_overlap": ablation.MAX_OVERLAP,
+            "control_max_base_gap": ablation.MAX_BASE_GAP,
+            "max_controls": ablation.MAX_CONTROLS,
+        },
+        "accuracy": "greedy next token == the dst token (' ' + dst, single-token pairs)",
+        "ablation": "heads' z zeroed at the last position only",
+        "static": args.static or "computed (PROTOCOL.md defaults)",
+        "summary": summ.to_dict(orient="records"),
+        "timings_s": {
+            "load": round(t1 - t0, 3),
+            "static": round(t2 - t1, 3),
+            "ablate": round(t3 - t2, 3),
+            "total": round(time.perf_counter() - t0, 3),
+        },
+    }
+    write_table(out, df, params)
+    log(f"wrote {len(df)} rows to {out} ({len(summ)} relations, {t3 - t2:.1f}s)")
+
+
 # --- entry point ------------------------------------------------------------------------------------
 
-PARSERS = [_relations_parser, _book_parser, _salient_parser]
+PARSERS = [_relations_parser, _book_parser, _salient_parser, _correlate_parser, _ablate_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,332 @@
+"""Causal check: remove the heads MAPS says implement a relation, and see the task that needs it fail.
+
+For a relation R with a task prompt (PROTOCOL.md, 13 of them), every single-token pair (s, t) gives
+a prompt; the model is right when its greedy next token is t's token (`" " + t`, one token for the
+pairs that survive the filter). Heads are removed by zeroing their output (their slice of z) at
+the last position only (`hooks.ablate_last`).
+
+* Relation heads: the top m heads by static promote score among those scoring > 0, m from the
+  model's number of heads (< 300 -> 30, < 500 -> 50, < 1000 -> 100, < 1500 -> 150, else 250).
+  They are removed one by one in score order: the accuracy curve at every level 1..n.
+* Random baseline: as many heads drawn from the heads *not* among the relation's top m, in
+  `draws` seeded draws, each removed in its drawn order; evaluated at every `step`-th level and at
+  n, so the last point ("minus random heads") always removes all n.
+* Controls: up to 5 other relations whose top heads overlap R's by < 15% (share of R's heads that
+  are also theirs) and whose base accuracy is within 0.2 of R's, closest base accuracy first; R's
+  relation heads are removed on their tasks, at the same levels as the random baseline.
+* A relation whose base accuracy is < 0.1 is skipped (kept in the table with its base accuracy) and
+  is not used as a control.
+
+Speed: a last-position ablation cannot change any earlier position, so each task's prompts run all
+but their last token once (one KV cache); every (prompt, ablation set) pair then costs one token,
+many pairs per forward, each row with its own head mask.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from mapslib.adapters import HeadWeights
+from mapslib.dynamic import sample_indices
+from mapslib.hooks import (
+    Head,
+    ablate_last,
+    extend,
+    keep_masks,
+    prefill,
+    removal_tensor,
+    select_rows,
+)
+from mapslib.reference import PAPER_CAUSAL_PYTHIA12B
+from mapslib.relations import REGISTRY, TokenizedRelation
+
+TASK_PROMPTS: dict[str, str] = {
+    "country_to_capital_wikidata": "The capital of <X> is",
+    "country_to_official_language_wikidata": "The official language of <X> is",
+    "product_by_company": "Nesquik is made by Nestle; Mustang is made by Ford; <X> is made by",
+    "object_superclass": "A <X> is a kind of",
+    "adj_comparative": " lovely-> lovelier; edgy-> edgier; <X>->",
+    "verb_past_tense": " hike->hiked; purchase-> purchased; <X>->",
+    "word_first_letter": " word-> w, o, r, d; cat-> c, a, t; <X>->",
+    "word_last_letter": " word-> d, r, o, w; cat-> t, a, c; <X>->",
+    "year_to_following": " 1300-> 1301; 1000-> 1001; <X>->",
+    "general_copying_english_500": " walk-> walk; cat-> cat; water-> water; <X>->",
+    "name_copying": " John-> John; Donna-> Donna; <X>->",
+    "entity_to_pronoun": " mother-> she; father-> he; tribe-> they; actress-> she; apartment-> it; <X>->",
+    "english_to_spanish": " apartment-> departamento; computer-> computadora; tribe-> tribu; <X>->",
+}
+MIN_BASE = 0.1
+MAX_OVERLAP = 0.15
+MAX_BASE_GAP = 0.2
+MAX_CONTROLS = 5
+ABLATION_COLUMNS = [
+    "relation",
+    "task",
+    "heads",
+    "draw",
+    "n_removed",
+    "accuracy",
+    "n_prompts",
+]
+
+
+# -- which heads -------------------------------------------------------------------------------------
+def n_relation_heads(total_heads: int) -> int:
+    """m by the model's number of heads: < 300 -> 30, < 500 -> 50, < 1000 -> 100, < 1500 -> 150, else 250."""
+    for bound, m in ((300, 30), (500, 50), (1000, 100), (1500, 150)):
+        if total_heads < bound:
+            return m
+    return 250
+
+
+def relation_heads(static: pd.DataFrame, relation: str, m: int) -> list[Head]:
+    """The top `m` heads by static promote score among those scoring > 0, best first (ties by position)."""
+    s = static[(static["relation"] == relation) & (static["mode"] == "promote")]
+    s = s[s["score"] > 0].sort_values(["score", "layer", "head"], ascending=[False, True, True])
+    return [(int(r.layer), int(r.head)) for r in s.head(m).itertuples()]
+
+
+def random_heads(
+    n_layers: int, n_heads: int, exclude: list[Head], n: int, seed: int, draw: int, relation: str
+) -> list[Head]:
+    """`n` heads drawn without replacement from those not in `exclude`, in drawn order (seeded)."""
+    banned = set(exclude)
+    pool = [(lay, h) for lay in range(n_layers) for h in range(n_heads) if (lay, h) not in banned]
+    rng = np.random.default_rng([seed, draw, zlib.crc32(relation.encode())])
+    return [pool[i] for i in rng.permutation(len(pool))[:n]]
+
+
+def overlap(target: list[Head], other: list[Head]) -> float:
+    """Share of the target's heads that are also the other relation's heads."""
+    return len(set(target) & set(other)) / len(target) if target else 0.0
+
+
+def choose_controls(
+    target: str,
+    heads: dict[str, list[Head]],
+    base: dict[str, float],
+    skipped: set[str],
+    max_controls: int = MAX_CONTROLS,
+    max_overlap: float = MAX_OVERLAP,
+    max_gap: float = MAX_BASE_GAP,
+) -> list[str]:
+    """Up to `max_controls` relations with < `max_overlap` head overlap and base accuracy within `max_gap`."""
+    fits = [
+        r
+        for r in heads
+        if r != target
+        and r not in skipped
+        and overlap(heads[target], heads[r]) < max_overlap
+        and abs(base[r] - base[target]) <= max_gap + 1e-9
+    ]
+    return sorted(fits, key=lambda r: (abs(base[r] - base[target]), r))[:max_controls]
+
+
+def curve_levels(n: int, step: int) -> list[int]:
+    """Levels 1..n at which a curve is evaluated: every `step`-th, and always n."""
+    return sorted({*range(step, n + 1, step), n}) if n else []
+
+
+# -- task prompts and accuracy ---------------------------------------------------------------------------
+@dataclass
+class Task:
+    """The prompts of one relation's task, with the token a correct model predicts next."""
+
+    relation: str
+    prompts: list[str]
+    targets: list[int]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def build_task(relation: TokenizedRelation, max_prompts: int | None = None, seed: int = 0) -> Task:
+    """Task prompts from the relation's single-token pairs (all, or `max_prompts` drawn from `seed`)."""
+    template = TASK_PROMPTS[relation.name]
+    chosen = sample_indices(len(relation), max_prompts, seed)
+    prompts = [template.replace("<X>", relation.pairs[i][0]) for i in chosen]
+    return Task(relation.name, prompts, [relation.dst_ids[i] for i in chosen])
+
+
+class TaskRunner:
+    """One task's prompts with their prefixes cached, scoring any number of head sets removed."""
+
+    def __init__(self, hw: HeadWeights, tokenizer: Any, task: Task, batch_rows: int = 256):
+        self.hw, self.task, self.batch_rows = hw, task, batch_rows
+        device = hw.embedding_module.weight.device
+        ids = tokenizer(task.prompts)["input_ids"]  # the tokenizer's default special tokens
+        by_length: dict[int, list[int]] = defaultdict(list)
+        for i, seq in enumerate(ids):
+            by_length[len(seq)].append(i)
+        self.groups = []  # (ids (B, t), targets (B,), cache of ids[:, :-1])
+        with torch.inference_mode():
+            for rows in by_length.values():
+                batch = torch.tensor([ids[i] for i in rows], device=device)
+                target = torch.tensor([task.targets[i] for i in rows], device=device)
+                self.groups.append((batch, target, prefill(hw.model, batch[:, :-1])))
+
+    def accuracy(self, removed: list[list[Head]]) -> np.ndarray:
+        """Accuracy of the task with each head set of `removed` zeroed at the last position."""
+        sets = removal_tensor(self.hw, removed)
+        correct = torch.zeros(len(removed), device=sets.device)
+        with torch.inference_mode():
+            for batch, target, cache in self.groups:
+                n = batch.shape[0]
+                prompt = torch.arange(n, device=sets.device).repeat(len(removed))
+                which = torch.arange(len(removed), device=sets.device).repeat_interleave(n)
+                for r0 in range(0, len(prompt), self.batch_rows):
+                    p, s = prompt[r0 : r0 + self.batch_rows], which[r0 : r0 + self.batch_rows]
+                    with ablate_last(self.hw, keep_masks(sets[s])):
+                        logits = extend(self.hw.model, batch[p, -1:], select_rows(cache, p), True)
+                    correct.index_add_(0, s, (logits.argmax(-1) == target[p]).float())
+        return (correct / len(self.task)).cpu().numpy()
+
+
+# -- the experiment --------------------------------------------------------------------------------------
+def _rows(relation: str, task: Task, heads: str, draw: int, levels: list[int], acc) -> list[tuple]:
+    """Table rows for accuracies `acc` at `levels`."""
+    return [
+        (relation, task.relation, heads, draw, n, float(a), len(task))
+        for n, a in zip(levels, acc, strict=True)
+    ]
+
+
+def ablation_experiment(
+    hw: HeadWeights,
+    tokenizer: Any,
+    relations: list[TokenizedRelation],
+    static: pd.DataFrame,
+    *,
+    max_prompts: int | None = None,
+    random_draws: int = 5,
+    seed: int = 0,
+    step: int = 5,
+    batch_rows: int = 256,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Accuracy curves for every relation with a task prompt: ABLATION_COLUMNS, one row per point.
+
+    `heads` is none (base accuracy, n_removed 0), relation or random (`draw` 0.. ; else -1). Rows
+    whose `task` differs from `relation` are controls: the relation's heads removed on that task.
+    """
+    with_task = [r for r in relations if r.name in TASK_PROMPTS]
+    tasks = {r.name: build_task(r, max_prompts, seed) for r in with_task}
+    m = n_relation_heads(hw.n_layers * hw.n_heads)
+    heads = {name: relation_heads(static, name, m) for name in tasks}
+    rows: list[tuple] = []
+    base: dict[str, float] = {}
+    bar = tqdm(total=2 * len(tasks), desc="tasks", disable=not progress)
+    for name, task in tasks.items():  # pass 1: base, relation curve, random baseline
+        runner = TaskRunner(hw, tokenizer, task, batch_rows)
+        base[name] = float(runner.accuracy([[]])[0])
+        rows += _rows(name, task, "none", -1, [0], [base[name]])
+        top, n = heads[name], len(heads[name])
+        if base[name] >= MIN_BASE and n:
+            levels = curve_levels(n, step)
+            drawn = [
+                random_heads(hw.n_layers, hw.n_heads, top, n, seed, d, name)
+                for d in range(random_draws)
+            ]
+            sets = [top[:i] for i in range(1, n + 1)] + [r[:i] for r in drawn for i in levels]
+            acc = runner.accuracy(sets)
+            rows += _rows(name, task, "relation", -1, list(range(1, n + 1)), acc[:n])
+            for d in range(random_draws):
+                part = acc[n + d * len(levels) : n + (d + 1) * len(levels)]
+                rows += _rows(name, task, "random", d, levels, part)
+        bar.update(1)
+    skipped = {name for name, b in base.items() if b < MIN_BASE}
+    wanted: dict[str, list[tuple[str, list[int]]]] = defaultdict(list)  # control task -> targets
+    for name in tasks:
+        if name not in skipped and heads[name]:
+            for c in choose_controls(name, heads, base, skipped):
+                wanted[c].append((name, curve_levels(len(heads[name]), step)))
+    for c, targets in wanted.items():  # pass 2: controls, one prefix cache per control task
+        runner = TaskRunner(hw, tokenizer, tasks[c], batch_rows)
+        acc = runner.accuracy([heads[t][:i] for t, levels in targets for i in levels])
+        at = 0
+        for t, levels in targets:
+            rows += _rows(t, tasks[c], "relation", -1, levels, acc[at : at + len(levels)])
+            at += len(levels)
+    bar.update(len(tasks))
+    bar.close()
+    return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+
+
+# -- summaries ---------------------------------------------------------------------------------------------
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per relation: base, minus relation heads, minus random heads (mean, std over draws), and the
+    controls' mean base and mean accuracy minus the relation's heads; skipped relations say so."""
+    out = []
+    base = df[df["heads"] == "none"].set_index("task")["accuracy"]
+    for rel in df["relation"].unique():
+        d = df[df["relation"] == rel]
+        own, ctrl = d[d["task"] == rel], d[d["task"] != rel]
+        rel_curve = own[own["heads"] == "relation"]
+        row: dict[str, Any] = {
+            "relation": rel,
+            "base": base[rel],
+            "n_prompts": int(own["n_prompts"].iloc[0]),
+        }
+        if base[rel] < MIN_BASE:
+            out.append(row | {"status": f"skipped: base accuracy < {MIN_BASE}"})
+            continue
+        if rel_curve.empty:
+            out.append(row | {"status": "no head with a positive score"})
+            continue
+        n = int(rel_curve["n_removed"].max())
+        rnd = own[(own["heads"] == "random") & (own["n_removed"] == n)]["accuracy"]
+        last = ctrl[ctrl["n_removed"] == n]
+        row |= {
+            "n_heads": n,
+            "minus_relation": float(rel_curve[rel_curve["n_removed"] == n]["accuracy"].iloc[0]),
+            "minus_random": float(rnd.mean()),
+            "minus_random_std": float(rnd.std(ddof=0)),
+            "control_base": float(base[last["task"]].mean()) if len(last) else np.nan,
+            "control_minus_relation": float(last["accuracy"].mean()) if len(last) else np.nan,
+            "controls": ", ".join(last["task"]),
+            "status": "ok",
+        }
+        out.append(row)
+    cols = [
+        "relation",
+        "n_prompts",
+        "n_heads",
+        "base",
+        "minus_relation",
+        "minus_random",
+        "minus_random_std",
+        "control_base",
+        "control_minus_relation",
+        "controls",
+        "status",
+    ]
+    return pd.DataFrame(out).reindex(columns=cols)
+
+
+def paper_table(summ: pd.DataFrame, ours: str, paper: str | None = None) -> pd.DataFrame:
+    """The paper's Table 2 layout (TR base, -TR, -RND; CTR base, -TR), with Pythia 12B's beside."""
+    idx = [REGISTRY[r].label if r in REGISTRY else r for r in summ["relation"]]
+    cols = {
+        (ours, "TR base"): summ["base"].to_numpy(),
+        (ours, "TR - TR heads"): summ["minus_relation"].to_numpy(),
+        (ours, "TR - RND heads"): summ["minus_random"].to_numpy(),
+        (ours, "CTR base"): summ["control_base"].to_numpy(),
+        (ours, "CTR - TR heads"): summ["control_minus_relation"].to_numpy(),
+    }
+    if paper is not None:
+        ref = [PAPER_CAUSAL_PYTHIA12B.get(r, (np.nan,) * 5) for r in summ["relation"]]
+        for i, name in enumerate(
+            ["TR base", "TR - TR heads", "TR - RND heads", "CTR base", "CTR - TR heads"]
+        ):
+            cols[(paper, name)] = [np.nan if v[i] is None else v[i] for v in ref]
+    table = pd.DataFrame(cols, index=pd.Index(idx, name="relation"))
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    return table

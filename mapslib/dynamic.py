@@ -1,0 +1,365 @@
+"""Does the static map predict behaviour? Static relation scores against head outputs in a forward pass.
+
+For every relation, pair (s, t) and template, the model reads a prompt ending with s. At that last
+position every head's output is projected to the vocabulary with U (no b_O, no final norm, no b_U)
+and scored like the static score: the dynamic score phi*_R(h) is the fraction of pairs whose t is in
+the top-k of y U (suppression: of -y U), with the relation's own k (`scores.relation_k`).
+
+* With context: y = z_h W_O[h], z_h the head's attention-weighted values at the last position, b_V
+  included (the normal run).
+* Without context: the head attending to the last position alone, y = (x W_V[kv(h)] + b_V) W_O[h],
+  where x is the attention input there. For the last position no attention has to be patched: the
+  rest of the run is the normal one and only this head's output is recomputed.
+
+Templates (PROTOCOL.md) carry the space before <X>. The model is causal, so the output at the src
+position does not depend on the template's text after <X>: each prompt is cut after the src, which
+makes the src the last token and lets all prompts of a template share one cached prefix.
+
+The correlation is Pearson's r between static and dynamic scores over all heads and templates (the
+static score repeated per template), per relation, mode and setting. Where either side is constant
+r is undefined: it is reported as NaN with a note.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import pearsonr
+from torch import Tensor
+from tqdm import tqdm
+
+from mapslib.adapters import HeadWeights
+from mapslib.hooks import capture_last, common_prefix, extend, prefill, select_rows
+from mapslib.kernels import Blocks, KernelStats, Unembedding, count_outside
+from mapslib.reference import PAPER_CORRELATION_LLAMA31_8B
+from mapslib.relations import MIN_PAIRS, REGISTRY, Relation, TokenizedRelation, scorable
+from mapslib.results import cached_table
+from mapslib.scores import MODES, relation_k, relation_scores
+
+TEMPLATES: tuple[str, ...] = (
+    "This is a document about <X>",
+    "No <X> means no",
+    "The story of <X> contains",
+    "When I think about <X> I think about",
+)
+SETTINGS = ("no_context", "context")
+DYNAMIC_COLUMNS = [
+    "layer",
+    "head",
+    "relation",
+    "template",
+    "setting",
+    "mode",
+    "k",
+    "n_pairs",
+    "score",
+]
+CORRELATION_COLUMNS = [
+    "relation",
+    "category",
+    "mode",
+    "setting",
+    "r",
+    "p",
+    "n_points",
+    "max_static",
+    "note",
+]
+
+
+# -- prompts -------------------------------------------------------------------------------------------
+def src_prompt(template: str, src: str) -> str:
+    """The template cut right after <X>, filled with `src`: the src is the prompt's last token(s)."""
+    if "<X>" not in template:
+        raise ValueError(f"template {template!r} has no <X>")
+    return template[: template.index("<X>")] + src
+
+
+def parse_templates(spec: str | list[int] | None) -> list[int]:
+    """`all` / None -> every template; `0,2` or [0, 2] -> those indices of TEMPLATES."""
+    if spec is None or spec == "all":
+        return list(range(len(TEMPLATES)))
+    items = spec if isinstance(spec, list) else [x for x in str(spec).split(",") if x.strip()]
+    try:
+        chosen = sorted({int(x) for x in items})
+    except ValueError:
+        raise ValueError(f"templates are 'all' or indices like 0,2; got {spec!r}") from None
+    if not chosen or not all(0 <= t < len(TEMPLATES) for t in chosen):
+        raise ValueError(f"template indices run 0..{len(TEMPLATES) - 1}; got {spec!r}")
+    return chosen
+
+
+def sample_indices(n: int, limit: int | None, seed: int) -> list[int]:
+    """All of range(n), or `limit` of them drawn without replacement from `seed`, in order."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).choice(n, size=limit, replace=False).tolist())
+
+
+def correlation_rows(
+    relations: list[TokenizedRelation],
+    templates: list[int],
+    vocab_size: int,
+    max_pairs: int | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row per relation, template and pair: the prompt, the target token and the relation's k."""
+    rows = []
+    for rel in relations:
+        k = relation_k(rel, vocab_size)
+        for i in sample_indices(len(rel), max_pairs, seed):
+            src, _ = rel.pairs[i]
+            for t in templates:
+                rows.append((rel.name, t, src, src_prompt(TEMPLATES[t], src), rel.dst_ids[i], k))
+    return pd.DataFrame(rows, columns=["relation", "template", "src", "prompt", "target", "k"])
+
+
+# -- forward passes -----------------------------------------------------------------------------------
+def last_position_states(
+    hw: HeadWeights,
+    tokenizer: Any,
+    prompts: list[str],
+    groups: list[Any],
+    batch_rows: int = 256,
+) -> tuple[Tensor, Tensor]:
+    """Attention input x (L, n, d) and z (L, n, H, d_head) at each prompt's last token, in order.
+
+    Prompts with the same group key and token length form one batch (no padding); their common
+    token prefix runs once with a KV cache, then only the rest, `batch_rows` rows per forward.
+    """
+    ids = tokenizer(list(prompts))["input_ids"]  # the tokenizer's default special tokens
+    device = hw.embedding_module.weight.device
+    members: dict[tuple, list[int]] = defaultdict(list)
+    for i, (key, seq) in enumerate(zip(groups, ids, strict=True)):
+        members[(key, len(seq))].append(i)
+    order, xs, zs = [], [], []
+    with torch.inference_mode():
+        for rows in members.values():
+            batch = torch.tensor([ids[i] for i in rows], device=device)
+            c = common_prefix(batch)
+            cache = prefill(hw.model, batch[:1, :c]) if c else None
+            with capture_last(hw) as seen:
+                for r0 in range(0, len(rows), batch_rows):
+                    part = batch[r0 : r0 + batch_rows, c:]
+                    zeros = torch.zeros(part.shape[0], dtype=torch.long, device=device)
+                    extend(hw.model, part, select_rows(cache, zeros) if cache is not None else None)
+            order.extend(rows)
+            xs.append(torch.stack([seen.inputs(layer) for layer in range(hw.n_layers)]))
+            zs.append(torch.stack([seen.heads_z(layer) for layer in range(hw.n_layers)]))
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    inverse = inverse.to(device)
+    return torch.cat(xs, 1)[:, inverse], torch.cat(zs, 1)[:, inverse]
+
+
+def no_context_z(hw: HeadWeights, layer: int, x: Tensor) -> Tensor:
+    """z of every kv head when it attends to the position alone: x W_V + b_V, (n_kv, rows, d_head)."""
+    return torch.einsum("nd,gde->gne", x, hw.W_V(layer)) + hw.b_V(layer)[:, None, :]
+
+
+# -- dynamic scores -------------------------------------------------------------------------------------
+def dynamic_scores(
+    hw: HeadWeights,
+    tokenizer: Any,
+    rows: pd.DataFrame,
+    *,
+    batch_rows: int = 256,
+    sample_stride: int = 8,
+    progress: bool = False,
+    stats: KernelStats | None = None,
+) -> pd.DataFrame:
+    """phi* of every head for every (relation, template) group of `rows`, both settings and modes.
+
+    `rows` has columns relation, template, prompt, target, k (see `correlation_rows`). Returns one row
+    per layer, head, relation, template, setting and mode: DYNAMIC_COLUMNS.
+    """
+    device = hw.embedding_module.weight.device
+    prompts = list(dict.fromkeys(zip(rows["template"], rows["prompt"], strict=True)))
+    where = {p: i for i, p in enumerate(prompts)}
+    x, z = last_position_states(
+        hw, tokenizer, [p for _, p in prompts], [t for t, _ in prompts], batch_rows
+    )
+
+    row_keys = list(zip(rows["relation"], rows["template"], strict=True))
+    keys = list(dict.fromkeys(row_keys))
+    key_index = {key: i for i, key in enumerate(keys)}
+    gid = torch.tensor([key_index[key] for key in row_keys], device=device)
+    n_groups = len(keys)
+    prow = torch.tensor(
+        [where[p] for p in zip(rows["template"], rows["prompt"], strict=True)], device=device
+    )
+    target = torch.tensor(rows["target"].to_numpy(), device=device).repeat(2)
+    k_row = torch.tensor(rows["k"].to_numpy(), device=device).repeat(2)
+    slot = torch.cat([gid, gid + n_groups])  # (setting, group) of each of the stacked rows
+    n_pairs = torch.bincount(slot, minlength=2 * n_groups).float()
+    cap = int(rows["k"].max())
+    unembed = Unembedding.prepare(hw.unembedding(), sample_stride)
+    blocks = Blocks.for_device(device)
+
+    out = torch.zeros(hw.n_layers, hw.n_heads, len(MODES), 2 * n_groups)
+    bar = tqdm(total=hw.n_layers * hw.n_heads, desc="heads", unit="head", disable=not progress)
+    with torch.inference_mode():
+        for layer in range(hw.n_layers):
+            z_nc = no_context_z(hw, layer, x[layer])
+            w_o = hw.W_O(layer)
+            for head in range(hw.n_heads):
+                a = torch.cat([z_nc[hw.kv_head(head)][prow], z[layer][prow, head]])
+                counts = count_outside(a, w_o[head], unembed, target, cap, blocks, stats)
+                for m, count in enumerate(counts):
+                    hits = torch.zeros(2 * n_groups, device=device)
+                    hits.index_add_(0, slot, (count < k_row).float())
+                    out[layer, head, m] = (hits / n_pairs).cpu()
+                bar.update(1)
+    bar.close()
+    k_of = dict(zip(row_keys, rows["k"], strict=True))
+    return _dynamic_frame(out, keys, k_of, n_pairs[:n_groups].long().tolist())
+
+
+def _dynamic_frame(
+    out: Tensor, keys: list[tuple[str, int]], k_of: dict, n_pairs: list[int]
+) -> pd.DataFrame:
+    """Long table of dynamic scores from the (layer, head, mode, setting x group) tensor."""
+    n_layers, n_heads, n_modes, n_slots = out.shape
+    index = pd.MultiIndex.from_product(
+        [range(n_layers), range(n_heads), MODES, SETTINGS, range(len(keys))],
+        names=["layer", "head", "mode", "setting", "group"],
+    )
+    values = out.reshape(n_layers, n_heads, n_modes, 2, len(keys)).reshape(-1).numpy()
+    df = pd.DataFrame({"score": values}, index=index).reset_index()
+    df["relation"] = df["group"].map({i: key[0] for i, key in enumerate(keys)})
+    df["template"] = df["group"].map({i: key[1] for i, key in enumerate(keys)})
+    df["k"] = df["group"].map({i: int(k_of[key]) for i, key in enumerate(keys)})
+    df["n_pairs"] = df["group"].map(dict(enumerate(n_pairs)))
+    df["score"] = df["score"].round(6)
+    return (
+        df[DYNAMIC_COLUMNS]
+        .sort_values(["layer", "head", "relation", "template", "setting", "mode"], kind="stable")
+        .reset_index(drop=True)
+    )
+
+
+# -- static scores -------------------------------------------------------------------------------------
+def cached_static_scores(
+    loaded: Any,
+    hw: HeadWeights,
+    relations: list[Relation],
+    out_dir: str | Path,
+    min_pairs: int = MIN_PAIRS,
+) -> pd.DataFrame:
+    """Static scores (PROTOCOL.md defaults) of `relations`, cached in `out_dir`.
+
+    With all shipped relations it is chapter 02's `relation_scores.csv` (same parameters, so either
+    chapter reuses the other's table); a subset gets its own file, named by a hash of the subset.
+    """
+    tokenized = scorable(relations, loaded.tokenizer, min_pairs, log=lambda _m: None)
+    params = {
+        "model": loaded.info(),
+        "relations": [r.sha256 for r in relations],
+        "layers": list(range(hw.n_layers)),
+        "k": None,
+        "embedding": "paper",
+        "min_pairs": min_pairs,
+    }
+    if [r.name for r in relations] == list(REGISTRY):
+        name = "relation_scores.csv"
+    else:
+        digest = hashlib.sha256(" ".join(params["relations"]).encode()).hexdigest()[:10]
+        name = f"relation_scores_{digest}.csv"
+    return cached_table(Path(out_dir) / name, params, lambda: relation_scores(hw, tokenized))
+
+
+# -- correlation ----------------------------------------------------------------------------------------
+def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float, str]:
+    """Pearson r and two-sided p; NaN with a note when either side is constant (r is undefined)."""
+    if len(x) < 3:
+        return float("nan"), float("nan"), "fewer than 3 points"
+    if np.ptp(x) == 0:
+        return float("nan"), float("nan"), "static scores constant over heads"
+    if np.ptp(y) == 0:
+        return float("nan"), float("nan"), "dynamic scores constant over heads"
+    res = pearsonr(x, y)
+    return float(res.statistic), float(res.pvalue), ""
+
+
+def correlations(static: pd.DataFrame, dynamic: pd.DataFrame) -> pd.DataFrame:
+    """Pearson r between static and dynamic scores over heads x templates, per relation, mode, setting."""
+    key = ["layer", "head", "relation", "mode"]
+    merged = dynamic.merge(
+        static[key + ["score"]].rename(columns={"score": "static"}), on=key, how="inner"
+    )
+    top = static.groupby(["relation", "mode"])["score"].max()
+    rows = []
+    for (rel, mode, setting), g in merged.groupby(["relation", "mode", "setting"], sort=False):
+        r, p, note = pearson(g["static"].to_numpy(), g["score"].to_numpy())
+        category = REGISTRY[rel].category if rel in REGISTRY else "custom"
+        rows.append((rel, category, mode, setting, r, p, len(g), top[(rel, mode)], note))
+    df = pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
+    order = {name: i for i, name in enumerate(REGISTRY)}
+    df["_o"] = df["relation"].map(lambda r: order.get(r, len(order)))
+    return df.sort_values(["_o", "mode", "setting"]).drop(columns="_o").reset_index(drop=True)
+
+
+def paper_table(corr: pd.DataFrame, mode: str, ours: str, paper: str | None = None) -> pd.DataFrame:
+    """The paper's Table 1 layout: r without / with context (and p, max static) per relation.
+
+    `ours` labels the columns computed here (model, quantisation, data); for promotion the paper's
+    Llama-3.1-8B numbers sit beside them under `paper`'s label (they exist for promotion only in the
+    main text).
+    """
+    c = corr[corr["mode"] == mode]
+    wide = c.pivot_table(
+        index=["category", "relation"],
+        columns="setting",
+        values=["r", "p"],
+        dropna=False,
+        sort=False,
+    )
+    top = c.groupby(["category", "relation"], sort=False)["max_static"].first()
+    table = pd.DataFrame(
+        {
+            (ours, "r w/o context"): wide[("r", "no_context")],
+            (ours, "r w/ context"): wide[("r", "context")],
+            (ours, "p w/o context"): wide[("p", "no_context")],
+            (ours, "p w/ context"): wide[("p", "context")],
+            (ours, "max static score"): top,
+        }
+    )
+    if paper is not None and mode == "promote":
+        rels = table.index.get_level_values("relation")
+        ref = [PAPER_CORRELATION_LLAMA31_8B.get(r, (np.nan, np.nan)) for r in rels]
+        table[(paper, "r w/o context")] = [a for a, _ in ref]
+        table[(paper, "r w/ context")] = [b for _, b in ref]
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    labels = [REGISTRY[r].label if r in REGISTRY else r for r in table.index.get_level_values(1)]
+    table.index = pd.MultiIndex.from_arrays(
+        [table.index.get_level_values(0), labels], names=["category", "relation"]
+    )
+    return table
+
+
+def correlate(
+    hw: HeadWeights,
+    tokenizer: Any,
+    relations: list[TokenizedRelation],
+    static: pd.DataFrame,
+    *,
+    templates: list[int] | None = None,
+    max_pairs: int | None = None,
+    seed: int = 0,
+    batch_rows: int = 256,
+    progress: bool = False,
+    stats: KernelStats | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The whole experiment: dynamic scores of every head, and their correlation with `static`."""
+    templates = parse_templates(templates)
+    rows = correlation_rows(relations, templates, hw.vocab_size, max_pairs, seed)
+    dynamic = dynamic_scores(
+        hw, tokenizer, rows, batch_rows=batch_rows, progress=progress, stats=stats
+    )
+    return dynamic, correlations(static, dynamic)
