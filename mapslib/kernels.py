@@ -20,6 +20,7 @@ The full-row pass picks the cheaper association per head: `(a @ w_o) @ U` costs 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -41,6 +42,11 @@ class Blocks:
         return Blocks(4096, 16384) if device.type == "cuda" else Blocks()
 
 
+def default_stride(vocab_size: int) -> int:
+    """A power of two giving a sample of about 6k columns: fastest for 49k (8) and 262k (32) vocabularies."""
+    return 2 ** max(0, round(math.log2(vocab_size / 6144)))
+
+
 @dataclass
 class KernelStats:
     """What `count_outside` actually did: rows seen, rows needing a full pass, multiply-adds x 2."""
@@ -59,9 +65,10 @@ class Unembedding:
     stride: int
 
     @staticmethod
-    def prepare(U: Tensor, stride: int = 8) -> Unembedding:
+    def prepare(U: Tensor, stride: int | None = None) -> Unembedding:
         """Wrap U (d x |V|) and take a strided sample of its columns, used to decide rows early."""
         rows = U.T.contiguous()  # a no-op for U = lm_head.weight.T
+        stride = stride or default_stride(rows.shape[0])
         return Unembedding(rows, rows[::stride].T.contiguous(), stride)
 
     @property

@@ -64,7 +64,7 @@ def relation_scores(
     layers: list[int] | None = None,
     k: int | None = None,
     embedding: str = "paper",
-    sample_stride: int = 8,
+    sample_stride: int | None = None,
     progress: bool = False,
     stats: KernelStats | None = None,
 ) -> pd.DataFrame:
