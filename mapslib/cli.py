@@ -203,6 +203,11 @@ def _book_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-build", action="store_true", help="run the chapters but do not build the HTML"
     )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="recompute every table (MAPSLIB_RECOMPUTE=1) instead of reusing the tables in data/",
+    )
 
 
 @command("book")
