@@ -23,10 +23,9 @@ from torch import Tensor
 
 from mapslib.adapters import HeadWeights
 from mapslib.embeddings import InputEmbeddings
-from mapslib.errors import TooFewPairs
 from mapslib.kernels import Blocks, KernelStats, Unembedding, count_outside
 from mapslib.relations import TokenizedRelation
-from mapslib.scores import MODES, SCORE_COLUMNS, TAU, relation_k
+from mapslib.scores import TAU, PairBatch, scores_frame
 
 
 def layer_ov_stats(hw: HeadWeights, layer: int) -> tuple[float, float]:
@@ -59,17 +58,6 @@ def random_ov(
     )
 
 
-def _pairs(relations: list[TokenizedRelation], vocab_size: int, k: int | None, device):
-    """Sources, targets, relation index, k per pair, pairs per relation and the k list."""
-    ks = [relation_k(r, vocab_size, k) for r in relations]
-    src = torch.tensor([s for r in relations for s in r.src_ids], device=device)
-    dst = torch.tensor([t for r in relations for t in r.dst_ids], device=device)
-    rel = torch.cat([torch.full((len(r),), i, device=device) for i, r in enumerate(relations)])
-    k_pair = torch.tensor(ks, device=device)[rel]
-    n_pairs = torch.bincount(rel, minlength=len(relations)).float()
-    return src, dst, rel, k_pair, n_pairs, ks
-
-
 def random_scores(
     hw: HeadWeights,
     relations: list[TokenizedRelation],
@@ -86,53 +74,26 @@ def random_scores(
     """Relation scores of random W_VO matrices, H per layer (default: as many as the model has): SCORE_COLUMNS."""
     from tqdm import tqdm
 
-    if not relations:
-        raise TooFewPairs("no relation has enough single-token pairs to score for this tokenizer")
     layers = list(range(hw.n_layers)) if layers is None else list(layers)
     n_random = heads_per_layer or hw.n_heads
     device = hw.embedding_module.weight.device
-    src, dst, rel, k_pair, n_pairs, ks = _pairs(relations, hw.vocab_size, k, device)
-    uniq, inverse = torch.unique(src, return_inverse=True)
-    inputs = InputEmbeddings(hw, uniq, embedding)
+    batch = PairBatch.build(relations, hw.vocab_size, k, device)
+    inputs = InputEmbeddings(hw, batch.sources, embedding)
     unembed = Unembedding.prepare(hw.unembedding(), sample_stride)
     blocks = Blocks.for_device(device)
-    n_rel = len(relations)
-    scores = torch.zeros(len(layers), n_random, 2, n_rel)
+    scores = torch.zeros(len(layers), n_random, 2, len(relations))
     bar = tqdm(total=len(layers) * n_random, unit="head", disable=not progress)
     for li, layer in enumerate(layers):
         mean, std = layer_ov_stats(hw, layer)
         gen = torch.Generator().manual_seed(layer_seed(seed, layer))
-        a = inputs.for_layer(layer)[inverse]
+        a = inputs.for_layer(layer)[batch.inverse]
         for j in range(n_random):
             w = random_ov(hw.d_model, mean, std, 1, gen)[0].to(device, a.dtype)
-            above, below = count_outside(a, w, unembed, dst, max(ks), blocks, stats)
-            for m, count in enumerate((above, below)):
-                hits = torch.zeros(n_rel, device=device).index_add_(
-                    0, rel, (count < k_pair).float()
-                )
-                scores[li, j, m] = (hits / n_pairs).cpu()
+            counts = count_outside(a, w, unembed, batch.dst, batch.cap, blocks, stats)
+            scores[li, j] = batch.fractions(*counts)
             bar.update(1)
     bar.close()
-    return _frame(scores, layers, relations, ks)
-
-
-def _frame(
-    scores: Tensor, layers: list[int], relations: list[TokenizedRelation], ks: list[int]
-) -> pd.DataFrame:
-    """Long table like scores.relation_scores: one row per layer, random head, relation and mode."""
-    names = [r.name for r in relations]
-    index = pd.MultiIndex.from_product(
-        [layers, range(scores.shape[1]), MODES, names], names=["layer", "head", "mode", "relation"]
-    )
-    df = pd.DataFrame({"score": scores.reshape(-1).numpy()}, index=index).reset_index()
-    df["k"] = df["relation"].map(dict(zip(names, ks, strict=True)))
-    df["n_pairs"] = df["relation"].map({r.name: len(r) for r in relations})
-    df["score"] = df["score"].round(6)
-    return (
-        df[SCORE_COLUMNS]
-        .sort_values(["layer", "head", "relation", "mode"], kind="stable")
-        .reset_index(drop=True)
-    )
+    return scores_frame(scores, layers, batch)
 
 
 def heads_over_tau(scores: pd.DataFrame, tau: float = TAU) -> pd.Series:

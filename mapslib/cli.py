@@ -229,7 +229,9 @@ def cmd_book(args: argparse.Namespace) -> None:
             if type(e).__name__ != "PapermillExecutionError":
                 raise
             where = book.BOOK / "models" / model_slug(args.model) / f"{chapter}.ipynb"
-            raise MapsError(f"chapter {chapter} failed ({e.ename}: {e.evalue}); the executed notebook is {where}") from None
+            raise MapsError(
+                f"chapter {chapter} failed ({e.ename}: {e.evalue}); the executed notebook is {where}"
+            ) from None
         log(f"  {chapter} done in {time.perf_counter() - t:.0f}s")
     book.write_model_index(args.model)
     book.write_toc()

@@ -72,7 +72,8 @@ def notebook_setup(precision: int = 3) -> None:
     """Quiet, deterministic notebook output: no progress bars or library warnings, fixed float precision."""
     import warnings
 
-    warnings.filterwarnings("ignore")  # first: importing transformers can warn (e.g. tqdm without widgets)
+    # first: importing transformers can warn (e.g. tqdm without widgets)
+    warnings.filterwarnings("ignore")
     os.environ.setdefault("TQDM_DISABLE", "1")
 
     import matplotlib

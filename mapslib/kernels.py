@@ -129,6 +129,21 @@ def _count_over_columns(
     return above, below
 
 
+def _cost(n: int, r: int, d: int) -> int:
+    """Multiply-adds per column of U for n rows: a (W_O U) if that is cheaper, else (a W_O) U."""
+    return min(r * d + n * r, n * d)
+
+
+def _cheaper(
+    a: Tensor, b: Tensor, w_o: Tensor, U: Tensor, n: int
+) -> tuple[Tensor, Callable[[int, int], Tensor]]:
+    """Left rows and a column-block function for rows of a @ w_o @ U, in the cheaper association."""
+    r, d = w_o.shape
+    if r * d + n * r < n * d:
+        return a, lambda c0, c1: w_o @ U[:, c0:c1]
+    return b, lambda c0, c1: U[:, c0:c1]
+
+
 def count_outside(
     a: Tensor,
     w_o: Tensor,
@@ -153,28 +168,25 @@ def count_outside(
     # both associations), so 4 eps ||b|| (||u_t|| + max_j ||u_j||) bounds their difference with margin.
     tol = 4 * torch.finfo(a.dtype).eps * b.norm(dim=1) * (u_t.norm(dim=1) + unembed.max_norm)
 
+    (n, r), d = a.shape, w_o.shape[1]
+
     # pass 1: a strided sample of columns decides most rows
-    stride = unembed.stride
-    p_sample = w_o @ unembed.U_sample
+    stride, n_sample = unembed.stride, unembed.U_sample.shape[1]
     in_sample = torch.where(targets % stride == 0, targets // stride, torch.full_like(targets, -1))
-    above, below = _count_over_columns(
-        a, lambda c0, c1: p_sample[:, c0:c1], p_sample.shape[1], v, tol, in_sample, blocks
-    )
+    x, cols = _cheaper(a, b, w_o, unembed.U_sample, n)
+    above, below = _count_over_columns(x, cols, n_sample, v, tol, in_sample, blocks)
     todo = ((above < cap) | (below < cap)).nonzero().squeeze(1)
-    m, (n, r), d = todo.numel(), a.shape, w_o.shape[1]
-    factored = r * d + m * r < m * d
+    m = todo.numel()
     if stats is not None:
         stats.rows += n
         stats.full_rows += m
-        stats.flops += 2 * (n * r * d + r * d * p_sample.shape[1] + n * r * p_sample.shape[1])
-        stats.flops += 2 * V * ((r * d + m * r) if factored else m * d) if m else 0
+        stats.flops += 2 * (
+            n * r * d + _cost(n, r, d) * n_sample + (_cost(m, r, d) * V if m else 0)
+        )
 
-    # pass 2: full rows for the undecided, with the cheaper association
+    # pass 2: full rows for the undecided
     if m:
-        if factored:
-            x, cols = a[todo], (lambda c0, c1: w_o @ U[:, c0:c1])
-        else:
-            x, cols = b[todo], (lambda c0, c1: U[:, c0:c1])
+        x, cols = _cheaper(a[todo], b[todo], w_o, U, m)
         full_above, full_below = _count_over_columns(
             x, cols, V, v[todo], tol[todo], targets[todo], blocks
         )

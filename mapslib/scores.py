@@ -8,8 +8,11 @@ shared by its query heads, and one kernel pass answers promotion and suppression
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from mapslib.adapters import HeadWeights
@@ -57,6 +60,51 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int]:
     return sorted(set(layers))
 
 
+@dataclass(frozen=True)
+class PairBatch:
+    """The pairs of several relations as one batch of rows, so every head is scored on all at once."""
+
+    relations: list[TokenizedRelation]
+    ks: list[int]  # k per relation
+    dst: Tensor  # (n_pairs,) target token per pair
+    rel: Tensor  # (n_pairs,) relation index per pair
+    k_pair: Tensor  # (n_pairs,) k per pair
+    sources: Tensor  # (n_unique,) distinct source tokens: E_in is computed for these only
+    inverse: Tensor  # (n_pairs,) row of `sources` per pair
+
+    @staticmethod
+    def build(
+        relations: list[TokenizedRelation], vocab_size: int, k: int | None, device: torch.device
+    ) -> PairBatch:
+        """Concatenate the relations' pairs; k per relation by the protocol's rule or the override."""
+        if not relations:
+            raise TooFewPairs(
+                "no relation has enough single-token pairs to score for this tokenizer"
+            )
+        ks = [relation_k(r, vocab_size, k) for r in relations]
+        src = torch.tensor([s for r in relations for s in r.src_ids], device=device)
+        dst = torch.tensor([t for r in relations for t in r.dst_ids], device=device)
+        rel = torch.cat([torch.full((len(r),), i, device=device) for i, r in enumerate(relations)])
+        sources, inverse = torch.unique(src, return_inverse=True)
+        return PairBatch(
+            relations, ks, dst, rel, torch.tensor(ks, device=device)[rel], sources, inverse
+        )
+
+    @property
+    def cap(self) -> int:
+        """The largest k: counts beyond it need not be exact."""
+        return max(self.ks)
+
+    def fractions(self, above: Tensor, below: Tensor) -> Tensor:
+        """Per relation, the share of pairs whose target is in the top-k (promote) and bottom-k (suppress)."""
+        n_rel = len(self.relations)
+        n_pairs = torch.bincount(self.rel, minlength=n_rel).float()
+        out = torch.zeros(2, n_rel, device=self.rel.device)
+        for m, count in enumerate((above, below)):
+            out[m].index_add_(0, self.rel, (count < self.k_pair).float())
+        return (out / n_pairs).cpu()
+
+
 def relation_scores(
     hw: HeadWeights,
     relations: list[TokenizedRelation],
@@ -69,39 +117,24 @@ def relation_scores(
     stats: KernelStats | None = None,
 ) -> pd.DataFrame:
     """Promote and suppress scores of every (layer, head, relation): one row each, columns SCORE_COLUMNS."""
-    if not relations:
-        raise TooFewPairs("no relation has enough single-token pairs to score for this tokenizer")
     layers = list(range(hw.n_layers)) if layers is None else layers
     device = hw.embedding_module.weight.device
-    ks = [relation_k(r, hw.vocab_size, k) for r in relations]
-    src = torch.tensor([s for r in relations for s in r.src_ids], device=device)
-    dst = torch.tensor([t for r in relations for t in r.dst_ids], device=device)
-    rel = torch.cat([torch.full((len(r),), i, device=device) for i, r in enumerate(relations)])
-    k_pair = torch.tensor(ks, device=device)[rel]
-    n_pairs = torch.bincount(rel, minlength=len(relations)).float()
-
-    uniq, inverse = torch.unique(src, return_inverse=True)
-    inputs = InputEmbeddings(hw, uniq, embedding)
+    batch = PairBatch.build(relations, hw.vocab_size, k, device)
+    inputs = InputEmbeddings(hw, batch.sources, embedding)
     unembed = Unembedding.prepare(hw.unembedding(), sample_stride)
     blocks = Blocks.for_device(device)
-
-    n_rel = len(relations)
-    scores = torch.zeros(len(layers), hw.n_heads, 2, n_rel)
+    scores = torch.zeros(len(layers), hw.n_heads, 2, len(relations))
     bar = tqdm(total=len(layers) * hw.n_heads, desc="heads", unit="head", disable=not progress)
     for li, layer in enumerate(layers):
         a_kv = torch.einsum("nd,gde->gne", inputs.for_layer(layer), hw.W_V(layer))  # per kv head
         w_o = hw.W_O(layer)
         for head in range(hw.n_heads):
-            a = a_kv[hw.kv_head(head)][inverse]
-            above, below = count_outside(a, w_o[head], unembed, dst, max(ks), blocks, stats)
-            for m, count in enumerate((above, below)):
-                hits = torch.zeros(n_rel, device=device).index_add_(
-                    0, rel, (count < k_pair).float()
-                )
-                scores[li, head, m] = (hits / n_pairs).cpu()
+            a = a_kv[hw.kv_head(head)][batch.inverse]
+            counts = count_outside(a, w_o[head], unembed, batch.dst, batch.cap, blocks, stats)
+            scores[li, head] = batch.fractions(*counts)
             bar.update(1)
     bar.close()
-    return _to_frame(scores, layers, relations, ks)
+    return scores_frame(scores, layers, batch)
 
 
 def scores_by_k(
@@ -116,18 +149,15 @@ def scores_by_k(
     return pd.concat(frames, ignore_index=True)
 
 
-def _to_frame(
-    scores: torch.Tensor, layers: list[int], relations: list[TokenizedRelation], ks: list[int]
-) -> pd.DataFrame:
-    """Long table with one row per layer, head, relation and mode."""
-    n_layers, n_heads, _, n_rel = scores.shape
+def scores_frame(scores: Tensor, layers: list[int], batch: PairBatch) -> pd.DataFrame:
+    """Long table from a (layers, heads, 2 modes, relations) tensor: one row per layer, head, relation, mode."""
+    names = [r.name for r in batch.relations]
     index = pd.MultiIndex.from_product(
-        [layers, range(n_heads), MODES, [r.name for r in relations]],
-        names=["layer", "head", "mode", "relation"],
+        [layers, range(scores.shape[1]), MODES, names], names=["layer", "head", "mode", "relation"]
     )
     df = pd.DataFrame({"score": scores.reshape(-1).numpy()}, index=index).reset_index()
-    df["k"] = df["relation"].map(dict(zip([r.name for r in relations], ks, strict=True)))
-    df["n_pairs"] = df["relation"].map({r.name: len(r) for r in relations})
+    df["k"] = df["relation"].map(dict(zip(names, batch.ks, strict=True)))
+    df["n_pairs"] = df["relation"].map({r.name: len(r) for r in batch.relations})
     df["score"] = df["score"].round(6)
     return (
         df[SCORE_COLUMNS]
