@@ -46,7 +46,8 @@ from mapslib.hooks import (
     select_rows,
 )
 from mapslib.reference import PAPER_CAUSAL_PYTHIA12B
-from mapslib.relations import REGISTRY, TokenizedRelation
+from mapslib.relations import TokenizedRelation
+from mapslib.summary import label_of
 
 TASK_PROMPTS: dict[str, str] = {
     "country_to_capital_wikidata": "The capital of <X> is",
@@ -308,12 +309,30 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         "controls",
         "status",
     ]
-    return pd.DataFrame(out).reindex(columns=cols)
+    df = pd.DataFrame(out).reindex(columns=cols)
+    return df.astype({"n_heads": "Int64"})
+
+
+def effects(summ: pd.DataFrame) -> pd.DataFrame:
+    """Per run relation: accuracy drop with its relation heads, with random heads (mean, std), on its
+    controls, and whether the relation heads' drop exceeds the random one by more than 2 std."""
+    ok = summ[summ["status"] == "ok"].set_index("relation")
+    out = pd.DataFrame(
+        {
+            "drop, relation heads": ok["base"] - ok["minus_relation"],
+            "drop, random heads": ok["base"] - ok["minus_random"],
+            "random std": ok["minus_random_std"],
+            "drop on controls": ok["control_base"] - ok["control_minus_relation"],
+        }
+    )
+    margin = out["drop, relation heads"] - out["drop, random heads"]
+    out["relation heads matter more"] = margin > 2 * out["random std"]
+    return out
 
 
 def paper_table(summ: pd.DataFrame, ours: str, paper: str | None = None) -> pd.DataFrame:
     """The paper's Table 2 layout (TR base, -TR, -RND; CTR base, -TR), with Pythia 12B's beside."""
-    idx = [REGISTRY[r].label if r in REGISTRY else r for r in summ["relation"]]
+    idx = [label_of(r) for r in summ["relation"]]
     cols = {
         (ours, "TR base"): summ["base"].to_numpy(),
         (ours, "TR - TR heads"): summ["minus_relation"].to_numpy(),

@@ -41,6 +41,7 @@ from mapslib.reference import PAPER_CORRELATION_LLAMA31_8B
 from mapslib.relations import MIN_PAIRS, REGISTRY, Relation, TokenizedRelation, scorable
 from mapslib.results import cached_table
 from mapslib.scores import MODES, relation_k, relation_scores
+from mapslib.summary import category_of, label_of
 
 TEMPLATES: tuple[str, ...] = (
     "This is a document about <X>",
@@ -68,6 +69,8 @@ CORRELATION_COLUMNS = [
     "r",
     "p",
     "n_points",
+    "static_nonzero",
+    "dynamic_nonzero",
     "max_static",
     "note",
 ]
@@ -138,7 +141,9 @@ def last_position_states(
     members: dict[tuple, list[int]] = defaultdict(list)
     for i, (key, seq) in enumerate(zip(groups, ids, strict=True)):
         members[(key, len(seq))].append(i)
-    order, xs, zs = [], [], []
+    dtype = hw.embedding_module.weight.dtype
+    x = torch.empty(hw.n_layers, len(ids), hw.d_model, device=device, dtype=dtype)
+    z = torch.empty(hw.n_layers, len(ids), hw.n_heads, hw.d_head, device=device, dtype=dtype)
     with torch.inference_mode():
         for rows in members.values():
             batch = torch.tensor([ids[i] for i in rows], device=device)
@@ -149,13 +154,11 @@ def last_position_states(
                     part = batch[r0 : r0 + batch_rows, c:]
                     zeros = torch.zeros(part.shape[0], dtype=torch.long, device=device)
                     extend(hw.model, part, select_rows(cache, zeros) if cache is not None else None)
-            order.extend(rows)
-            xs.append(torch.stack([seen.inputs(layer) for layer in range(hw.n_layers)]))
-            zs.append(torch.stack([seen.heads_z(layer) for layer in range(hw.n_layers)]))
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(order))
-    inverse = inverse.to(device)
-    return torch.cat(xs, 1)[:, inverse], torch.cat(zs, 1)[:, inverse]
+            where = torch.tensor(rows, device=device)
+            for layer in range(hw.n_layers):
+                x[layer, where] = seen.inputs(layer)
+                z[layer, where] = seen.heads_z(layer)
+    return x, z
 
 
 def no_context_z(hw: HeadWeights, layer: int, x: Tensor) -> Tensor:
@@ -288,7 +291,11 @@ def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float, str]:
 
 
 def correlations(static: pd.DataFrame, dynamic: pd.DataFrame) -> pd.DataFrame:
-    """Pearson r between static and dynamic scores over heads x templates, per relation, mode, setting."""
+    """Pearson r between static and dynamic scores over heads x templates, per relation, mode, setting.
+
+    Beside r: how many of the points have a non-zero static / dynamic score (an r carried by a
+    handful of non-zero points is fragile) and the highest static score of any head.
+    """
     key = ["layer", "head", "relation", "mode"]
     merged = dynamic.merge(
         static[key + ["score"]].rename(columns={"score": "static"}), on=key, how="inner"
@@ -297,48 +304,53 @@ def correlations(static: pd.DataFrame, dynamic: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (rel, mode, setting), g in merged.groupby(["relation", "mode", "setting"], sort=False):
         r, p, note = pearson(g["static"].to_numpy(), g["score"].to_numpy())
-        category = REGISTRY[rel].category if rel in REGISTRY else "custom"
-        rows.append((rel, category, mode, setting, r, p, len(g), top[(rel, mode)], note))
+        nonzero = (int((g["static"] > 0).sum()), int((g["score"] > 0).sum()))
+        rows.append(
+            (rel, category_of(rel), mode, setting, r, p, len(g), *nonzero, top[(rel, mode)], note)
+        )
     df = pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
     order = {name: i for i, name in enumerate(REGISTRY)}
     df["_o"] = df["relation"].map(lambda r: order.get(r, len(order)))
-    return df.sort_values(["_o", "mode", "setting"]).drop(columns="_o").reset_index(drop=True)
+    df["_s"] = df["setting"].map({s: i for i, s in enumerate(SETTINGS)})
+    df = df.sort_values(["_o", "mode", "_s"], kind="stable")
+    return df.drop(columns=["_o", "_s"]).reset_index(drop=True)
+
+
+def p_text(p: float) -> str:
+    """A p-value for reading: two significant digits; 0 (below the double range) as `< 1e-300`."""
+    if np.isnan(p):
+        return ""
+    return "< 1e-300" if p == 0 else f"{p:.1e}"
 
 
 def paper_table(corr: pd.DataFrame, mode: str, ours: str, paper: str | None = None) -> pd.DataFrame:
-    """The paper's Table 1 layout: r without / with context (and p, max static) per relation.
+    """The paper's Table 1 layout: r without / with context (p as text, max static) per relation.
 
     `ours` labels the columns computed here (model, quantisation, data); for promotion the paper's
-    Llama-3.1-8B numbers sit beside them under `paper`'s label (they exist for promotion only in the
-    main text).
+    Llama-3.1-8B numbers sit beside them under the `paper` label (the main text has promotion only).
     """
     c = corr[corr["mode"] == mode]
-    wide = c.pivot_table(
-        index=["category", "relation"],
-        columns="setting",
-        values=["r", "p"],
-        dropna=False,
-        sort=False,
-    )
-    top = c.groupby(["category", "relation"], sort=False)["max_static"].first()
-    table = pd.DataFrame(
-        {
-            (ours, "r w/o context"): wide[("r", "no_context")],
-            (ours, "r w/ context"): wide[("r", "context")],
-            (ours, "p w/o context"): wide[("p", "no_context")],
-            (ours, "p w/ context"): wide[("p", "context")],
-            (ours, "max static score"): top,
-        }
-    )
+    rels = list(dict.fromkeys(c["relation"]))
+
+    def column(setting: str, value: str) -> pd.Series:
+        return c[c["setting"] == setting].set_index("relation")[value].reindex(rels)
+
+    cols = {
+        (ours, "r w/o context"): column("no_context", "r"),
+        (ours, "r w/ context"): column("context", "r"),
+        (ours, "p w/o context"): column("no_context", "p").map(p_text),
+        (ours, "p w/ context"): column("context", "p").map(p_text),
+        (ours, "max static score"): c.groupby("relation")["max_static"].first().reindex(rels),
+    }
     if paper is not None and mode == "promote":
-        rels = table.index.get_level_values("relation")
         ref = [PAPER_CORRELATION_LLAMA31_8B.get(r, (np.nan, np.nan)) for r in rels]
-        table[(paper, "r w/o context")] = [a for a, _ in ref]
-        table[(paper, "r w/ context")] = [b for _, b in ref]
+        cols[(paper, "r w/o context")] = pd.Series([a for a, _ in ref], index=rels)
+        cols[(paper, "r w/ context")] = pd.Series([b for _, b in ref], index=rels)
+    table = pd.DataFrame(cols)
     table.columns = pd.MultiIndex.from_tuples(table.columns)
-    labels = [REGISTRY[r].label if r in REGISTRY else r for r in table.index.get_level_values(1)]
     table.index = pd.MultiIndex.from_arrays(
-        [table.index.get_level_values(0), labels], names=["category", "relation"]
+        [[category_of(r) for r in rels], [label_of(r) for r in rels]],
+        names=["category", "relation"],
     )
     return table
 

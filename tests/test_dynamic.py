@@ -214,6 +214,7 @@ def test_correlations_repeat_the_static_score_per_template():
     ]
     assert row["r"] == pytest.approx(expected) and row["n_points"] == 12
     assert row["max_static"] == 0.5 and row["category"] == "linguistic"
+    assert row["static_nonzero"] == 8 and row["dynamic_nonzero"] == 10
     sup = corr[corr["mode"] == "suppress"]
     assert sup["r"].isna().all() and (sup["note"] == "dynamic scores constant over heads").all()
     table = paper_table(corr, "promote", "ours", "paper")
