@@ -96,6 +96,7 @@ def main() -> None:
         report[key]["capital"] = {
             k: (round(v, 3) if isinstance(v, float) else v)
             for k, v in (capital[0] if capital else {}).items()
+            if v is not None
         }
         print(f"{key}:", report[key], flush=True)
 

@@ -550,7 +550,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
         "accuracy": "greedy next token == the dst token (' ' + dst, single-token pairs)",
         "ablation": "heads' z zeroed at the last position only",
         "static": args.static or "computed (PROTOCOL.md defaults)",
-        "summary": summ.to_dict(orient="records"),
+        "summary": summ.astype(object).where(summ.notna(), None).to_dict(orient="records"),
         "timings_s": {
             "load": round(t1 - t0, 3),
             "static": round(t2 - t1, 3),
