@@ -188,7 +188,7 @@ class TaskRunner:
                     with ablate_last(self.hw, keep_masks(sets[s])):
                         logits = extend(self.hw.model, batch[p, -1:], select_rows(cache, p), True)
                     correct.index_add_(0, s, (logits.argmax(-1) == target[p]).float())
-        return (correct / len(self.task)).cpu().numpy()
+        return correct.cpu().numpy().astype(np.float64) / len(self.task)
 
 
 # -- the experiment --------------------------------------------------------------------------------------
