@@ -279,7 +279,11 @@ def cached_static_scores(
 
 # -- correlation ----------------------------------------------------------------------------------------
 def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float, str]:
-    """Pearson r and two-sided p; NaN with a note when either side is constant (r is undefined)."""
+    """Pearson r and two-sided p; NaN with a note when either side is constant (r is undefined).
+
+    Computed in float64: scipy works in the inputs' dtype, and float32 scores underflow p below 1e-38.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 3:
         return float("nan"), float("nan"), "fewer than 3 points"
     if np.ptp(x) == 0:

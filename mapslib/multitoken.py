@@ -133,5 +133,5 @@ def multi_token_experiment(
         on=key,
         suffixes=("_single", "_multi"),
     )
-    both["r_diff"] = both["r_multi"] - both["r_single"]
+    both["r_diff"] = (both["r_multi"] - both["r_single"]).round(6) + 0.0  # no -0.0 in tables
     return both

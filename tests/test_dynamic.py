@@ -172,6 +172,11 @@ def test_pearson_handles_constant_scores():
     x, y = np.arange(10.0), np.arange(10.0) ** 2
     r, p, note = pearson(x, y)
     assert r == pytest.approx(np.corrcoef(x, y)[0, 1]) and 0 < p < 1e-3 and note == ""
+    x = np.random.default_rng(0).normal(size=300)
+    y = x + np.random.default_rng(1).normal(size=300)  # r about 0.7, p about 1e-45
+    r64, p64, _ = pearson(x, y)
+    r32, p32, _ = pearson(x.astype(np.float32), y.astype(np.float32))  # must not underflow
+    assert 1e-300 < p64 < 1e-38 and p32 == pytest.approx(p64, rel=1e-3)
 
 
 def test_correlations_repeat_the_static_score_per_template():
