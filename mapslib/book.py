@@ -53,12 +53,14 @@ def sync_notebook(py: Path) -> Path:
     return ipynb
 
 
-def run_chapter(chapter: str, model: str, parameters: dict[str, Any], book: Path = BOOK) -> Path:
-    """Execute one chapter for `model` with papermill into the model's book folder."""
+def run_chapter(
+    chapter: str, model: str, parameters: dict[str, Any], folder: Path | None = None
+) -> Path:
+    """Execute one chapter for `model` with papermill into `folder` (default: the model's book folder)."""
     import papermill
 
     src = sync_notebook(NOTEBOOKS / f"{chapter}.py")
-    folder = book / "models" / model_slug(model)
+    folder = folder or BOOK / "models" / model_slug(model)
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"{chapter}.ipynb"
     params = {"model": model, "out_dir": "data", **parameters}

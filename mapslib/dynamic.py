@@ -22,9 +22,7 @@ r is undefined: it is reported as NaN with a note.
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,12 +33,12 @@ from torch import Tensor
 from tqdm import tqdm
 
 from mapslib.adapters import HeadWeights
+from mapslib.errors import BadArgument
 from mapslib.hooks import capture_last, common_prefix, extend, prefill, select_rows
 from mapslib.kernels import Blocks, KernelStats, Unembedding, count_outside
 from mapslib.reference import PAPER_CORRELATION_LLAMA31_8B
-from mapslib.relations import MIN_PAIRS, REGISTRY, Relation, TokenizedRelation, scorable
-from mapslib.results import cached_table
-from mapslib.scores import MODES, relation_k, relation_scores
+from mapslib.relations import REGISTRY, TokenizedRelation
+from mapslib.scores import MODES, relation_k
 from mapslib.summary import category_of, label_of
 
 TEMPLATES: tuple[str, ...] = (
@@ -80,7 +78,7 @@ CORRELATION_COLUMNS = [
 def src_prompt(template: str, src: str) -> str:
     """The template cut right after <X>, filled with `src`: the src is the prompt's last token(s)."""
     if "<X>" not in template:
-        raise ValueError(f"template {template!r} has no <X>")
+        raise BadArgument(f"template {template!r} has no <X>")
     return template[: template.index("<X>")] + src
 
 
@@ -92,9 +90,9 @@ def parse_templates(spec: str | list[int] | None) -> list[int]:
     try:
         chosen = sorted({int(x) for x in items})
     except ValueError:
-        raise ValueError(f"templates are 'all' or indices like 0,2; got {spec!r}") from None
+        raise BadArgument(f"templates are 'all' or indices like 0,2; got {spec!r}") from None
     if not chosen or not all(0 <= t < len(TEMPLATES) for t in chosen):
-        raise ValueError(f"template indices run 0..{len(TEMPLATES) - 1}; got {spec!r}")
+        raise BadArgument(f"template indices run 0..{len(TEMPLATES) - 1}; got {spec!r}")
     return chosen
 
 
@@ -173,7 +171,7 @@ def dynamic_scores(
     rows: pd.DataFrame,
     *,
     batch_rows: int = 256,
-    sample_stride: int = 8,
+    sample_stride: int | None = None,
     progress: bool = False,
     stats: KernelStats | None = None,
 ) -> pd.DataFrame:
@@ -233,7 +231,7 @@ def _dynamic_frame(
         [range(n_layers), range(n_heads), MODES, SETTINGS, range(len(keys))],
         names=["layer", "head", "mode", "setting", "group"],
     )
-    values = out.reshape(n_layers, n_heads, n_modes, 2, len(keys)).reshape(-1).numpy()
+    values = out.reshape(n_layers, n_heads, n_modes, 2, len(keys)).reshape(-1).double().numpy()
     df = pd.DataFrame({"score": values}, index=index).reset_index()
     df["relation"] = df["group"].map({i: key[0] for i, key in enumerate(keys)})
     df["template"] = df["group"].map({i: key[1] for i, key in enumerate(keys)})
@@ -245,36 +243,6 @@ def _dynamic_frame(
         .sort_values(["layer", "head", "relation", "template", "setting", "mode"], kind="stable")
         .reset_index(drop=True)
     )
-
-
-# -- static scores -------------------------------------------------------------------------------------
-def cached_static_scores(
-    loaded: Any,
-    hw: HeadWeights,
-    relations: list[Relation],
-    out_dir: str | Path,
-    min_pairs: int = MIN_PAIRS,
-) -> pd.DataFrame:
-    """Static scores (PROTOCOL.md defaults) of `relations`, cached in `out_dir`.
-
-    With all shipped relations it is chapter 02's `relation_scores.csv` (same parameters, so either
-    chapter reuses the other's table); a subset gets its own file, named by a hash of the subset.
-    """
-    tokenized = scorable(relations, loaded.tokenizer, min_pairs, log=lambda _m: None)
-    params = {
-        "model": loaded.info(),
-        "relations": [r.sha256 for r in relations],
-        "layers": list(range(hw.n_layers)),
-        "k": None,
-        "embedding": "paper",
-        "min_pairs": min_pairs,
-    }
-    if [r.name for r in relations] == list(REGISTRY):
-        name = "relation_scores.csv"
-    else:
-        digest = hashlib.sha256(" ".join(params["relations"]).encode()).hexdigest()[:10]
-        name = f"relation_scores_{digest}.csv"
-    return cached_table(Path(out_dir) / name, params, lambda: relation_scores(hw, tokenized))
 
 
 # -- correlation ----------------------------------------------------------------------------------------

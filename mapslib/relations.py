@@ -241,14 +241,16 @@ def surviving_pairs(
 def scorable(
     relations: list[Relation], tokenizer: Any, min_pairs: int = MIN_PAIRS, log: Any = print
 ) -> list[TokenizedRelation]:
-    """Tokenize relations and drop, with a message, those with fewer than `min_pairs` kept pairs."""
+    """Tokenize relations and drop, with a message to `log` (None: silent), those with too few pairs."""
     out = []
     for r in relations:
         t = tokenize_relation(r, tokenizer)
         if len(t) < min_pairs:
-            log(
-                f"skipping relation {r.name}: {len(t)} of {len(r)} pairs are single-token for this tokenizer (< {min_pairs})"
-            )
+            if log is not None:
+                log(
+                    f"skipping relation {r.name}: {len(t)} of {len(r)} pairs are single-token for this "
+                    f"tokenizer (< {min_pairs})"
+                )
             continue
         out.append(t)
     return out

@@ -8,7 +8,9 @@ shared by its query heads, and one kernel pass answers promotion and suppression
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -18,8 +20,11 @@ from tqdm import tqdm
 from mapslib.adapters import HeadWeights
 from mapslib.embeddings import InputEmbeddings
 from mapslib.errors import BadArgument, TooFewPairs
+from mapslib.io import sha256_text
 from mapslib.kernels import Blocks, KernelStats, Unembedding, count_outside
-from mapslib.relations import TokenizedRelation
+from mapslib.models import LoadedModel
+from mapslib.relations import MIN_PAIRS, REGISTRY, Relation, TokenizedRelation, scorable
+from mapslib.results import cached_table
 
 TAU = 0.15
 MODES = ("promote", "suppress")
@@ -137,6 +142,40 @@ def relation_scores(
     return scores_frame(scores, layers, batch)
 
 
+def cached_relation_scores(
+    loaded: LoadedModel,
+    hw: HeadWeights,
+    relations: list[Relation],
+    out_dir: str | Path,
+    *,
+    layers: list[int] | None = None,
+    k: int | None = None,
+    embedding: str = "paper",
+    min_pairs: int = MIN_PAIRS,
+    log: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """`relation_scores`, reused from `out_dir` when a table made with the same parameters is there.
+
+    The full default map (all shipped relations, all layers, PROTOCOL.md's k and embeddings) is
+    `relation_scores.csv`, shared by every chapter that needs it; other choices get a file named by a
+    hash of their parameters, so they never overwrite it.
+    """
+    tokenized = scorable(relations, loaded.tokenizer, min_pairs, log=log)
+    layers = list(range(hw.n_layers)) if layers is None else layers
+    params = {"model": loaded.info(), "relations": [r.sha256 for r in relations], "layers": layers}
+    params |= {"k": k, "embedding": embedding, "min_pairs": min_pairs}
+    default = [r.name for r in relations] == list(REGISTRY) and layers == list(range(hw.n_layers))
+    default = default and (k, embedding, min_pairs) == (None, "paper", MIN_PAIRS)
+    name = (
+        "relation_scores.csv" if default else f"relation_scores_{sha256_text(str(params))[:10]}.csv"
+    )
+    return cached_table(
+        Path(out_dir) / name,
+        params,
+        lambda: relation_scores(hw, tokenized, layers=layers, k=k, embedding=embedding),
+    )
+
+
 def scores_by_k(
     hw: HeadWeights,
     relations: list[TokenizedRelation],
@@ -155,7 +194,7 @@ def scores_frame(scores: Tensor, layers: list[int], batch: PairBatch) -> pd.Data
     index = pd.MultiIndex.from_product(
         [layers, range(scores.shape[1]), MODES, names], names=["layer", "head", "mode", "relation"]
     )
-    df = pd.DataFrame({"score": scores.reshape(-1).numpy()}, index=index).reset_index()
+    df = pd.DataFrame({"score": scores.reshape(-1).double().numpy()}, index=index).reset_index()
     df["k"] = df["relation"].map(dict(zip(names, batch.ks, strict=True)))
     df["n_pairs"] = df["relation"].map({r.name: len(r) for r in batch.relations})
     df["score"] = df["score"].round(6)

@@ -6,6 +6,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -38,16 +40,13 @@ min_pairs = 30
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from pathlib import Path
-
 from mapslib import plots, summary
 from mapslib.adapters import HeadWeights
 from mapslib.display import notebook_setup
 from mapslib.models import load_model, model_slug
 from mapslib.reference import PAPER_MULTI_CATEGORY_SHARE, PAPER_SUPPRESSION_SHARE, SURVIVING_PAIRS
-from mapslib.relations import load_relations, scorable, surviving_pairs
-from mapslib.results import cached_table
-from mapslib.scores import parse_layers, relation_scores
+from mapslib.relations import load_relations, surviving_pairs
+from mapslib.scores import cached_relation_scores, parse_layers
 
 notebook_setup()
 lm = load_model(model, device=device)
@@ -84,14 +83,17 @@ table[table["relation"].isin(recorded)].assign(recorded=lambda d: d["relation"].
 # rerun asks for the same thing.
 
 # %%
-tokenized = scorable(rels, lm.tokenizer, min_pairs, log=print)
 layer_list = parse_layers(layers, hw.n_layers)
-params = {"model": lm.info(), "relations": [r.sha256 for r in rels], "layers": layer_list, "k": k}
-params |= {"embedding": embedding, "min_pairs": min_pairs}
-scores = cached_table(
-    Path(out_dir) / "relation_scores.csv",
-    params,
-    lambda: relation_scores(hw, tokenized, layers=layer_list, k=k, embedding=embedding),
+scores = cached_relation_scores(
+    lm,
+    hw,
+    rels,
+    out_dir,
+    layers=layer_list,
+    k=k,
+    embedding=embedding,
+    min_pairs=min_pairs,
+    log=print,
 )
 print(
     f"{len(scores)} rows: {scores['layer'].nunique()} layers x {scores['head'].nunique()} heads x "

@@ -67,7 +67,6 @@ from mapslib.adapters import HeadWeights
 from mapslib.display import notebook_setup, token_texts
 from mapslib.dynamic import (
     TEMPLATES,
-    cached_static_scores,
     correlation_rows,
     correlations,
     dynamic_scores,
@@ -79,7 +78,7 @@ from mapslib.io import write_table
 from mapslib.models import load_model, model_slug
 from mapslib.relations import load_relations, scorable
 from mapslib.results import cached_table
-from mapslib.scores import TAU
+from mapslib.scores import TAU, cached_relation_scores
 
 notebook_setup()
 lm = load_model(model, device=device)
@@ -118,7 +117,7 @@ first.groupby("relation", sort=False).agg(pairs=("target", "size"), k=("k", "fir
 # are used). The dynamic table has one row per head, relation, template, setting and mode.
 
 # %%
-static = cached_static_scores(lm, hw, rels, out_dir)
+static = cached_relation_scores(lm, hw, rels, out_dir)
 params = {
     "model": lm.info(),
     "relations": [r.sha256 for r in rels],

@@ -74,10 +74,10 @@ from mapslib.ablation import (
 )
 from mapslib.adapters import HeadWeights
 from mapslib.display import notebook_setup, token_texts
-from mapslib.dynamic import cached_static_scores
 from mapslib.models import load_model, model_slug
 from mapslib.relations import load_relations, scorable, surviving_pairs
 from mapslib.results import cached_table
+from mapslib.scores import cached_relation_scores
 from mapslib.summary import head_name
 
 notebook_setup()
@@ -100,7 +100,7 @@ kept["task prompt"] = [TASK_PROMPTS[r] for r in kept.index]
 kept[["task prompt", "single_token_pairs", "scored"]]
 
 # %%
-tokenized = scorable(task_rels, lm.tokenizer, log=lambda _m: None)
+tokenized = scorable(task_rels, lm.tokenizer, log=None)
 first = build_task(tokenized[0], 1)
 print(repr(first.prompts[0]), "->", token_texts(lm.tokenizer, first.targets))
 print(" | ".join(token_texts(lm.tokenizer, lm.tokenizer(first.prompts[0])["input_ids"])))
@@ -114,7 +114,7 @@ print(" | ".join(token_texts(lm.tokenizer, lm.tokenizer(first.prompts[0])["input
 
 # %%
 static_rels = load_relations() if relations is None else task_rels
-static = cached_static_scores(lm, hw, static_rels, out_dir)
+static = cached_relation_scores(lm, hw, static_rels, out_dir)
 m = n_relation_heads(hw.n_layers * hw.n_heads)
 heads = {t.name: relation_heads(static, t.name, m) for t in tokenized}
 print(f"{hw.n_layers * hw.n_heads} heads -> m = {m}")

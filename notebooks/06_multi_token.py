@@ -49,7 +49,7 @@ from pathlib import Path
 from mapslib import plots_behaviour
 from mapslib.adapters import HeadWeights
 from mapslib.display import notebook_setup, token_texts
-from mapslib.dynamic import TEMPLATES, cached_static_scores, p_text, src_prompt
+from mapslib.dynamic import TEMPLATES, p_text, src_prompt
 from mapslib.models import load_model, model_slug
 from mapslib.multitoken import (
     MIN_MULTI_PAIRS,
@@ -60,6 +60,7 @@ from mapslib.multitoken import (
 )
 from mapslib.relations import load_relations, scorable
 from mapslib.results import cached_table
+from mapslib.scores import cached_relation_scores
 
 notebook_setup()
 lm = load_model(model, device=device)
@@ -75,7 +76,7 @@ print(lm.quantization)
 
 # %%
 rels = load_relations(relations)
-single = scorable(rels, lm.tokenizer, log=lambda _m: None)
+single = scorable(rels, lm.tokenizer, log=None)
 counts = multi_token_counts(rels, lm.tokenizer, single)
 print(f"rule: >= {MIN_MULTI_PAIRS} multi-token pairs and a single-token static score")
 counts[counts["multi_token_pairs"] > 0].set_index("relation")
@@ -96,7 +97,7 @@ if example is not None:
 # 02's.
 
 # %%
-static = cached_static_scores(lm, hw, rels, out_dir)
+static = cached_relation_scores(lm, hw, rels, out_dir)
 params = {
     "model": lm.info(),
     "relations": [r.sha256 for r in rels],
