@@ -271,12 +271,31 @@ def _salient_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, help="output .json (recommended: keeps tokens intact) or .csv"
     )
+    p.add_argument(
+        "--describe",
+        action="store_true",
+        help="also describe each head with an LLM (OPENAI_API_KEY, optional OPENAI_BASE_URL; "
+        "answers cached) into OUT.descriptions.csv",
+    )
+    p.add_argument(
+        "--llm-model",
+        default=None,
+        help="LLM for --describe (default: $MAPSLIB_LLM_MODEL or gpt-4o)",
+    )
+    p.add_argument(
+        "--llm-temperature", type=float, default=0.0, help="sampling temperature (default: 0)"
+    )
+    p.add_argument("--llm-seed", type=int, default=0, help="seed sent to the LLM (default: 0)")
 
 
 @command("salient")
 def cmd_salient(args: argparse.Namespace) -> None:
     """Write the salient mappings of the chosen heads as a tidy table."""
+    from dataclasses import asdict, replace
+
     from mapslib.adapters import HeadWeights
+    from mapslib.describe import LLMConfig, availability_note, describe_heads, llm_available
+    from mapslib.errors import MissingAPIKey
     from mapslib.io import write_table
     from mapslib.mappings import parse_head
     from mapslib.models import load_model
@@ -292,6 +311,11 @@ def cmd_salient(args: argparse.Namespace) -> None:
     specs = [s for s in (args.heads or "").split(",") if s.strip()]
     for spec in specs:  # check the syntax before the slow model load
         parse_head(spec)
+    if args.describe and not llm_available():
+        raise MissingAPIKey(
+            "--describe needs an API key: set OPENAI_API_KEY (and OPENAI_BASE_URL for an "
+            "OpenAI-compatible server); without --describe the salient mappings are written alone"
+        )
     t0 = time.perf_counter()
     loaded = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
     hw = HeadWeights(loaded.model)
@@ -328,6 +352,13 @@ def cmd_salient(args: argparse.Namespace) -> None:
     }
     write_table(out, df, params)
     log(f"wrote {len(df)} rows to {out} ({len(heads)} heads, {time.perf_counter() - t1:.1f}s)")
+    if args.describe:
+        config = LLMConfig(temperature=args.llm_temperature, seed=args.llm_seed)
+        config = replace(config, model=args.llm_model) if args.llm_model else config
+        desc = describe_heads(df, config=config, suppress=args.suppress, cache_only=False)
+        desc_out = out.with_name(out.stem + ".descriptions.csv")
+        write_table(desc_out, desc, params | {"llm": asdict(config)})
+        log(f"{availability_note(desc)} Wrote {desc_out}")
 
 
 # --- correlate / ablate -----------------------------------------------------------------------------

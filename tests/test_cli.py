@@ -179,3 +179,58 @@ def test_unsupported_architecture(tmp_path: Path, capsys: pytest.CaptureFixture)
     ).save_pretrained(tmp_path)
     err = _error(["relations", "--model", str(tmp_path), "--out", str(tmp_path / "a.csv")], capsys)
     assert "'opt' is not supported" in err and "llama" in err and "gpt2" in err
+
+
+def test_describe_without_a_key_fails_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    err = _error(
+        ["salient", "--heads", "23.2", "--describe", "--out", str(tmp_path / "s.json")], capsys
+    )
+    assert "OPENAI_API_KEY" in err and "Loading" not in err
+
+
+@pytest.mark.slow
+def test_describe_against_a_local_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`salient --describe` end to end, the LLM being a local chat-completions server."""
+    from test_describe import KEY, FakeServer
+
+    from mapslib.models import cache_root
+
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").symlink_to(
+        cache_root() / "models"
+    )  # reuse the dequantised model
+    monkeypatch.setenv("MAPSLIB_CACHE", str(tmp_path / "cache"))
+    server = FakeServer()
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    try:
+        out = tmp_path / "s.json"
+        rc = main(
+            [
+                "salient",
+                "--heads",
+                "23.2,23.3",
+                "--describe",
+                "--llm-model",
+                "local",
+                "--out",
+                str(out),
+            ]
+        )
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    desc = pd.read_csv(tmp_path / "s.descriptions.csv", dtype={"name": str})
+    assert list(desc["name"]) == ["23.2", "23.3"] and set(desc["status"]) == {"pattern"}
+    assert len(server.requests) == 2 and server.requests[0]["model"] == "local"
+    assert "␣" in server.requests[0]["messages"][1]["content"]  # mappings sent with visible spaces
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert KEY not in path.read_text(errors="ignore"), path
+    assert KEY not in err

@@ -31,7 +31,7 @@ from mapslib.describe import (
 )
 from mapslib.errors import MissingAPIKey
 
-KEY = "sk-test-SECRET-0123456789"
+KEY = "test-key-SECRET-0123456789"
 LINES = ["␣John -> ␣John, John, ␣J", "␣Mary -> ␣Mary, Mary, ␣M", "␣Paris -> ␣Paris, Paris, ␣P"]
 GOOD = json.dumps(
     {
