@@ -74,7 +74,7 @@ print(lm.quantization)
 # \sum (W_V^\top W_V) \odot (W_O W_O^\top)$), so no $d \times d$ matrix is formed for them.
 
 # %%
-layer_list = parse_layers(None if layers == "all" else layers, hw.n_layers)
+layer_list = parse_layers(layers, hw.n_layers)
 print(f"{len(layer_list)} layers: {layer_list}")
 stats = layer_stats_table(hw, layer_list)
 stats.map(lambda v: f"{v:.2e}")
@@ -154,7 +154,7 @@ paper = pd.DataFrame(
     ]
 )
 ours = {
-    "model": f"{name} (layers {layers})",
+    "model": f"{name} ({len(layer_list)} of {hw.n_layers} layers)",
     "random over tau": int(total["random_over_tau"]),
     "real relation heads": int(total["real_over_tau"]),
     "heads": int(total["heads"]),
