@@ -191,3 +191,11 @@ def known_scores(scores: pd.DataFrame, model: str) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=["head", "relation", "mode", "recorded", "computed"])
+
+
+def strongest_head(scores: pd.DataFrame, mode: str = "promote", relation: str | None = None) -> str:
+    """The head with the highest score in `mode` (on `relation`, or on any relation), as LAYER.HEAD."""
+    sel = scores[scores["mode"] == mode]
+    sel = sel if relation is None else sel[sel["relation"] == relation]
+    best = sel.sort_values(["score", "layer", "head"], ascending=[False, True, True]).iloc[0]
+    return head_name(int(best["layer"]), int(best["head"]))

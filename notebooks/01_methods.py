@@ -38,8 +38,14 @@
 model = "smollm2-135m"  # alias, .gguf path, local folder or hub id
 device = "cpu"  # cpu, cuda or auto
 out_dir = "data"  # where tables are written (relative to the executed notebook)
-head = "23.2"  # the head whose mappings we read, LAYER.HEAD
-suppressor = "23.3"  # a head to read the other way (bottom of its rows)
+head = None  # the head whose mappings we read, LAYER.HEAD; None: the strongest on `relations`
+suppressor = None  # a head read the other way (bottom of its rows); None: the strongest suppressor
+relations = [
+    "names",
+    "capital",
+    "comparative",
+    "past_tense",
+]  # scored here to pick and explain heads
 words = ["John", "Mary", "France", "Paris", "cat", "big", "walk"]
 top_k = 5
 
@@ -58,6 +64,7 @@ from mapslib.mappings import (
 from mapslib.models import load_model
 from mapslib.relations import load_relations, scorable
 from mapslib.scores import TAU, relation_k, relation_scores, scores_by_k
+from mapslib.summary import strongest_head
 
 notebook_setup()
 lm = load_model(model, device=device)
@@ -78,8 +85,20 @@ print(lm.quantization)
 hw.describe()
 
 # %% [markdown]
-# The head we look at first, and why $M$ is never built: for this vocabulary one head's $M$ alone
-# would take the memory shown below, yet it has rank at most $d_\text{head}$.
+# Which head to look at? Unless the parameters name one, this chapter scores every head on a few
+# relations (the relation score is defined below; chapter 2 maps all of them) and reads the head
+# that promotes one of them most strongly, and the one that suppresses one most strongly.
+
+# %%
+tokenized = scorable(load_relations(relations), lm.tokenizer)
+scores = relation_scores(hw, tokenized)
+head = head or strongest_head(scores, "promote")
+suppressor = suppressor or strongest_head(scores, "suppress")
+print(f"head {head}, suppressor {suppressor}")
+
+# %% [markdown]
+# Why $M$ is never built: for this vocabulary one head's $M$ alone would take the memory shown
+# below, yet it has rank at most $d_\text{head}$.
 
 # %%
 layer, h = parse_head(head, hw)
@@ -135,11 +154,8 @@ mappings_by_embedding(hw, lm.tokenizer, layer, h, ids, k=3)
 # from 100k tokens on. Here the head's scores on a few relations as $k$ grows:
 
 # %%
-relations = scorable(
-    load_relations(["names", "capital", "comparative", "past_tense"]), lm.tokenizer
-)
-print({r.name: relation_k(r, hw.vocab_size) for r in relations})
-by_k = scores_by_k(hw, relations, [layer], [1, 3, 10, 25])
+print({r.name: relation_k(r, hw.vocab_size) for r in tokenized})
+by_k = scores_by_k(hw, tokenized, [layer], [1, 3, 10, 25])
 by_k = by_k[(by_k["head"] == h)].pivot_table(
     index=["relation", "mode"], columns="k", values="score"
 )
@@ -154,5 +170,5 @@ by_k.round(3)
 
 # %%
 print("tau =", TAU)
-scores = relation_scores(hw, relations, layers=[layer])
-scores[scores["head"] == h].assign(implements=lambda d: d["score"] >= TAU)
+mine = scores[(scores["layer"] == layer) & (scores["head"] == h)]
+mine.assign(implements=lambda d: d["score"] >= TAU)

@@ -38,7 +38,9 @@ model = "smollm2-135m"  # alias, .gguf path, local folder or hub id
 device = "cpu"  # cpu, cuda or auto
 out_dir = "data"  # where tables are written (relative to the executed notebook)
 heads = None  # heads whose mappings are shown, e.g. ["23.2", "28.2"]; None: chosen from the labels
-suppressor = "23.3"  # a head read from the bottom of its rows (SmolLM2: name suppression)
+suppressor = (
+    None  # a head read from the bottom of its rows; None: the strongest suppressor of chapter 2
+)
 top_tokens = 30  # salient tokens per head (paper: 30)
 top_mappings = 5  # mapped tokens per salient token (paper: 5)
 show = 15  # salient tokens printed per head
@@ -64,8 +66,11 @@ from mapslib.labeller import (
 )
 from mapslib.mappings import parse_head
 from mapslib.models import load_model, model_slug
+from mapslib.relations import load_relations
 from mapslib.results import cached_table
 from mapslib.salient import mapping_table, saliency_scores, salient_mappings
+from mapslib.scores import cached_relation_scores
+from mapslib.summary import strongest_head
 
 notebook_setup()
 lm = load_model(model, device=device)
@@ -126,11 +131,15 @@ for spec in shown:
 
 # %% [markdown]
 # A head can also be read from the other end of its rows: the tokens it pushes *down* when it attends
-# to a salient token (parameter `suppressor`; the default, 23.3, is the head of SmolLM2 that
-# suppresses names in the relation map of chapter 2). Its salient tokens and their most suppressed
+# to a salient token (parameter `suppressor`; by default the head with the highest suppression score
+# in chapter 2's relation map, whose table is reused). Its salient tokens and their most suppressed
 # targets:
 
 # %%
+if suppressor is None:
+    suppressor = strongest_head(
+        cached_relation_scores(lm, hw, load_relations(), out_dir), "suppress"
+    )
 s_layer, s_head = parse_head(suppressor, hw)
 suppressed = salient_mappings(
     hw,

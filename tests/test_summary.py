@@ -91,3 +91,10 @@ def test_score_grid_and_known_scores() -> None:
     assert (
         list(known["head"]) == ["23.2", "23.3"] and known["computed"].isna().all()
     )  # not in this table
+
+
+def test_strongest_head() -> None:
+    assert summary.strongest_head(_scores()) == "1.0"
+    assert summary.strongest_head(_scores(), "suppress") == "1.3"
+    assert summary.strongest_head(_scores(), "promote", "country_to_capital_wikidata") == "1.0"
+    assert summary.strongest_head(_scores(), "promote", "adj_antonym") == "0.1"
