@@ -288,6 +288,25 @@ def correlations(static: pd.DataFrame, dynamic: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=["_o", "_s"]).reset_index(drop=True)
 
 
+def correlations_by_map(
+    maps: dict[str, pd.DataFrame], dynamic: pd.DataFrame, mode: str = "promote"
+) -> pd.DataFrame:
+    """Pearson r per relation and setting for several static maps of the same heads (e.g. one per
+    embedding mode) against the same dynamic scores: which static reading agrees with the forward pass.
+    Relations in registry order; the last row is the median over the relations where r is defined."""
+    parts = {}
+    for label, static in maps.items():
+        c = correlations(static, dynamic)
+        c = c[c["mode"] == mode]
+        wide = c.pivot(index="relation", columns="setting", values="r")  # keeps undefined (NaN) r
+        parts[label] = wide.reindex(
+            index=list(dict.fromkeys(c["relation"])), columns=list(SETTINGS)
+        )
+    table = pd.concat(parts, axis=1, names=["map", "setting"])
+    table.loc["median"] = table.median()
+    return table
+
+
 def p_text(p: float) -> str:
     """A p-value for reading: two significant digits; 0 (below the double range) as `< 1e-300`."""
     if np.isnan(p):

@@ -199,3 +199,16 @@ def strongest_head(scores: pd.DataFrame, mode: str = "promote", relation: str | 
     sel = sel if relation is None else sel[sel["relation"] == relation]
     best = sel.sort_values(["score", "layer", "head"], ascending=[False, True, True]).iloc[0]
     return head_name(int(best["layer"]), int(best["head"]))
+
+
+def compare_maps(maps: dict[str, pd.DataFrame], tau: float = TAU) -> pd.DataFrame:
+    """Score tables of the same heads side by side (e.g. one per embedding mode): per relation and mode,
+    the heads at or above tau and the best score; the last row counts heads implementing anything."""
+    parts = {}
+    for label, scores in maps.items():
+        by = scores.groupby(["relation", "mode"])["score"]
+        table = pd.DataFrame({"heads": by.apply(lambda s: int((s >= tau).sum())), "max": by.max()})
+        n_any = len(implemented(scores, tau)[["layer", "head"]].drop_duplicates())
+        table.loc[("any", "either"), :] = [n_any, scores["score"].max()]
+        parts[label] = table.astype({"heads": int})
+    return pd.concat(parts, axis=1, names=["table", ""])

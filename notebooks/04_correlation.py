@@ -69,6 +69,7 @@ from mapslib.dynamic import (
     TEMPLATES,
     correlation_rows,
     correlations,
+    correlations_by_map,
     dynamic_scores,
     p_text,
     paper_table,
@@ -177,6 +178,25 @@ for label, sel in (("some head reaches tau", implemented), ("no head reaches tau
         f"{label}: {len(part)} relations, median r without context "
         f"{part[('r', 'no_context')].median():.3f}, with context {part[('r', 'context')].median():.3f}"
     )
+
+# %% [markdown]
+# ## Which $E_\text{in}$ agrees with the forward pass
+#
+# Chapter 2 shows the static map under the three embedding choices. The dynamic scores above do not
+# depend on that choice, so they can arbitrate: the promotion $r$ of each relation, with each static
+# map against the same dynamic scores, and the median over relations in the last row (an empty cell:
+# no head has a non-zero static score there, so r is undefined).
+#
+# A static map is only as good as its guess of what the heads read. When one column's median is
+# clearly higher, that reading is the better static model of this network, and the ablation and
+# multi-token chapters can be rerun with it (`-p embedding '"mlp0-residual"'`, for example). Compare
+# the two parts of this book: the answer differs between models.
+
+# %%
+maps = {"paper": static}
+for other in ("raw", "mlp0-residual"):
+    maps[other] = cached_relation_scores(lm, hw, rels, out_dir, embedding=other)
+correlations_by_map(maps, dynamic).round(3)
 
 # %% [markdown]
 # ## Suppression

@@ -53,6 +53,7 @@ max_prompts = 100  # prompts per task, drawn with `seed` (None: every single-tok
 random_draws = 5
 step = 5  # random and control curves at every `step`-th head (and the last)
 seed = 0
+embedding = "paper"  # E_in of the static scores (chapter 1): paper | raw | mlp0-residual
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -114,7 +115,7 @@ print(" | ".join(token_texts(lm.tokenizer, lm.tokenizer(first.prompts[0])["input
 
 # %%
 static_rels = load_relations() if relations is None else task_rels
-static = cached_relation_scores(lm, hw, static_rels, out_dir)
+static = cached_relation_scores(lm, hw, static_rels, out_dir, embedding=embedding)
 m = n_relation_heads(hw.n_layers * hw.n_heads)
 heads = {t.name: relation_heads(static, t.name, m) for t in tokenized}
 print(f"{hw.n_layers * hw.n_heads} heads -> m = {m}")
@@ -159,6 +160,7 @@ params = {
     "model": lm.info(),
     "relations": [t.relation.sha256 for t in tokenized],
     "static": [r.sha256 for r in static_rels],
+    "embedding": embedding,
     "max_prompts": max_prompts,
     "random_draws": random_draws,
     "step": step,

@@ -41,6 +41,7 @@ out_dir = "data"  # where tables are written (relative to the executed notebook)
 relations = None  # None: every shipped relation; the rule below picks those with enough pairs
 max_pairs = None  # None: every pair; or pairs per relation and kind, drawn with `seed`
 seed = 0
+embedding = "paper"  # E_in of the static scores (chapter 1): paper | raw | mlp0-residual
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -97,10 +98,11 @@ if example is not None:
 # 02's.
 
 # %%
-static = cached_relation_scores(lm, hw, rels, out_dir)
+static = cached_relation_scores(lm, hw, rels, out_dir, embedding=embedding)
 params = {
     "model": lm.info(),
     "relations": [r.sha256 for r in rels],
+    "embedding": embedding,
     "template": TEMPLATE,
     "min_multi_pairs": MIN_MULTI_PAIRS,
     "max_pairs": max_pairs,

@@ -48,6 +48,7 @@ llm_model = "gpt-4o"  # any OpenAI-compatible model; key and base URL come from 
 temperature = 0.0
 seed = 0
 threshold = 0.5  # share of salient tokens an offline detector must explain
+embedding = "paper"  # E_in the heads are read on (chapter 1): paper | raw | mlp0-residual
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -85,7 +86,7 @@ print(lm.quantization)
 # whole vocabulary, takes seconds.
 
 # %%
-sal = saliency_scores(hw)
+sal = saliency_scores(hw, embedding=embedding)
 print(f"saliency: {sal.shape[0]} layers x {sal.shape[1]} heads x {sal.shape[2]} tokens")
 
 # %% [markdown]
@@ -101,11 +102,18 @@ print(f"saliency: {sal.shape[0]} layers x {sal.shape[1]} heads x {sal.shape[2]} 
 # %%
 all_heads = [(la, hh) for la in range(hw.n_layers) for hh in range(hw.n_heads)]
 params = {"model": lm.info(), "top_tokens": top_tokens, "top_mappings": top_mappings}
+params["embedding"] = embedding
 salient = cached_table(
     Path(out_dir) / "salient_mappings.json",
     params,
     lambda: salient_mappings(
-        hw, lm.tokenizer, all_heads, top_tokens=top_tokens, top_mappings=top_mappings, saliency=sal
+        hw,
+        lm.tokenizer,
+        all_heads,
+        top_tokens=top_tokens,
+        top_mappings=top_mappings,
+        embedding=embedding,
+        saliency=sal,
     ),
 )
 print(f"{len(salient)} rows for {salient.groupby(['layer', 'head']).ngroups} heads")
@@ -138,7 +146,7 @@ for spec in shown:
 # %%
 if suppressor is None:
     suppressor = strongest_head(
-        cached_relation_scores(lm, hw, load_relations(), out_dir), "suppress"
+        cached_relation_scores(lm, hw, load_relations(), out_dir, embedding=embedding), "suppress"
     )
 s_layer, s_head = parse_head(suppressor, hw)
 suppressed = salient_mappings(
@@ -148,6 +156,7 @@ suppressed = salient_mappings(
     top_tokens=top_tokens,
     top_mappings=top_mappings,
     suppress=True,
+    embedding=embedding,
     saliency=sal,
 )
 print(f"head {suppressor}, most suppressed targets")

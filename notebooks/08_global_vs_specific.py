@@ -41,6 +41,7 @@ sample = "auto"  # sources per head for the output space: "auto", an integer, or
 cpu_sample = 512  # what "auto" samples on a CPU for vocabularies over 8192 tokens (GPU: exact)
 seed = 0  # seed of the source sample
 groups = 8  # jackknife groups for the sampling error
+embedding = "paper"  # E_in the heads are read on (chapter 1): paper | raw | mlp0-residual
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -100,12 +101,13 @@ print(
 )
 
 # %%
-sal = saliency_scores(hw)
+sal = saliency_scores(hw, embedding=embedding)
 params = {"model": lm.info(), "sample": n_sources, "seed": seed, "groups": groups}
+params["embedding"] = embedding
 space = cached_table(
     Path(out_dir) / "output_space.csv",
     params,
-    lambda: output_space(hw, sample=n_sources, seed=seed, groups=groups),
+    lambda: output_space(hw, sample=n_sources, seed=seed, groups=groups, embedding=embedding),
 )
 table = head_globality(hw, sal, space)
 table.head()

@@ -13,9 +13,11 @@ from tiny_models import VOCAB, tiny_model
 
 from mapslib.adapters import HeadWeights
 from mapslib.dynamic import (
+    SETTINGS,
     TEMPLATES,
     correlation_rows,
     correlations,
+    correlations_by_map,
     dynamic_scores,
     last_position_states,
     paper_table,
@@ -179,22 +181,28 @@ def test_pearson_handles_constant_scores():
     assert 1e-300 < p64 < 1e-38 and p32 == pytest.approx(p64, rel=1e-3)
 
 
-def test_correlations_repeat_the_static_score_per_template():
-    """r is taken over heads x templates, the static score repeated for each template."""
-    heads = [(0, h) for h in range(6)]
-    static = pd.DataFrame(
+_STATIC = [0, 0.1, 0.2, 0.5, 0.3, 0.0]
+_DYNAMIC = {0: [0, 0.2, 0.1, 0.6, 0.2, 0.1], 1: [0.1, 0.1, 0.3, 0.4, 0.4, 0.0]}
+
+
+def _static_frame(scores: list[float]) -> pd.DataFrame:
+    """Static scores of six heads of layer 0 on one relation, the same in both modes."""
+    return pd.DataFrame(
         [
-            (la, h, "adj_antonym", m, 10, 30, s)
-            for (la, h), s in zip(heads, [0, 0.1, 0.2, 0.5, 0.3, 0.0], strict=True)
+            (0, h, "adj_antonym", m, 10, 30, s)
+            for h, s in enumerate(scores)
             for m in ("promote", "suppress")
         ],
         columns=["layer", "head", "relation", "mode", "k", "n_pairs", "score"],
     )
-    dyn_t = {0: [0, 0.2, 0.1, 0.6, 0.2, 0.1], 1: [0.1, 0.1, 0.3, 0.4, 0.4, 0.0]}
-    dynamic = pd.DataFrame(
+
+
+def _dynamic_frame() -> pd.DataFrame:
+    """Dynamic scores of the same heads: two templates; suppression constant (r undefined)."""
+    return pd.DataFrame(
         [
-            (la, h, "adj_antonym", t, s, m, 10, 30, dyn_t[t][h] if m == "promote" else 0.5)
-            for (la, h) in heads
+            (0, h, "adj_antonym", t, s, m, 10, 30, _DYNAMIC[t][h] if m == "promote" else 0.5)
+            for h in range(6)
             for t in (0, 1)
             for s in ("no_context", "context")
             for m in ("promote", "suppress")
@@ -211,12 +219,19 @@ def test_correlations_repeat_the_static_score_per_template():
             "score",
         ],
     )
+
+
+def _expected_r(static: list[float]) -> float:
+    dyn = np.ravel(list(zip(_DYNAMIC[0], _DYNAMIC[1], strict=True)))
+    return float(np.corrcoef(np.repeat(static, 2), dyn)[0, 1])
+
+
+def test_correlations_repeat_the_static_score_per_template():
+    """r is taken over heads x templates, the static score repeated for each template."""
+    static, dynamic = _static_frame(_STATIC), _dynamic_frame()
     corr = correlations(static, dynamic)
     row = corr[(corr["mode"] == "promote") & (corr["setting"] == "context")].iloc[0]
-    st = np.array([0, 0.1, 0.2, 0.5, 0.3, 0.0])
-    expected = np.corrcoef(np.repeat(st, 2), np.ravel(list(zip(dyn_t[0], dyn_t[1], strict=True))))[
-        0, 1
-    ]
+    expected = _expected_r(_STATIC)
     assert row["r"] == pytest.approx(expected) and row["n_points"] == 12
     assert row["max_static"] == 0.5 and row["category"] == "linguistic"
     assert row["static_nonzero"] == 8 and row["dynamic_nonzero"] == 10
@@ -226,3 +241,18 @@ def test_correlations_repeat_the_static_score_per_template():
     assert table.index.tolist() == [("linguistic", "Word to antonym")]
     assert table[("paper", "r w/o context")].iloc[0] == 0.90
     assert table[("ours", "r w/ context")].iloc[0] == pytest.approx(expected)
+
+
+def test_correlations_by_map_compares_static_maps_on_the_same_dynamic_scores():
+    """One column pair per static map; the median row over relations."""
+    reversed_static = _STATIC[::-1]
+    maps = {"paper": _static_frame(_STATIC), "raw": _static_frame(reversed_static)}
+    maps["flat"] = _static_frame([0.0] * 6)  # r undefined: the row stays, as NaN
+    table = correlations_by_map(maps, _dynamic_frame())
+    assert list(table.columns) == [(m, s) for m in ("paper", "raw", "flat") for s in SETTINGS]
+    assert table[("flat", "context")].isna().all()
+    assert table.loc["adj_antonym", ("paper", "context")] == pytest.approx(_expected_r(_STATIC))
+    assert table.loc["adj_antonym", ("raw", "no_context")] == pytest.approx(
+        _expected_r(reversed_static)
+    )
+    assert table.loc["median"].equals(table.loc["adj_antonym"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +27,16 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
     assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
     atomic_write(path, lambda p: p.write_text("new"))
     assert path.read_text() == "new" and list(tmp_path.iterdir()) == [path]
+
+
+def test_atomic_write_gives_the_umask_permissions(tmp_path: Path) -> None:
+    """Results are readable like any file the user writes, not 0600 as mkstemp leaves them."""
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "t.txt", lambda p: p.write_text("x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_write_table_csv_and_json_with_sidecar(tmp_path: Path) -> None:

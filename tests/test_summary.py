@@ -98,3 +98,14 @@ def test_strongest_head() -> None:
     assert summary.strongest_head(_scores(), "suppress") == "1.3"
     assert summary.strongest_head(_scores(), "promote", "country_to_capital_wikidata") == "1.0"
     assert summary.strongest_head(_scores(), "promote", "adj_antonym") == "0.1"
+
+
+def test_compare_maps_counts_each_table() -> None:
+    base = _scores()
+    other = base.assign(score=base["score"] / 10)  # nothing over tau
+    table = summary.compare_maps({"paper": base, "raw": other})
+    assert table.loc[("name_copying", "promote"), ("paper", "heads")] == 3
+    assert table.loc[("name_copying", "promote"), ("paper", "max")] == pytest.approx(0.9)
+    assert table.loc[("name_copying", "promote"), ("raw", "max")] == pytest.approx(0.09)
+    assert table.loc[("any", "either"), ("paper", "heads")] == 4  # heads 1.0, 1.1, 1.2, 1.3
+    assert (table[("raw", "heads")] == 0).all()
