@@ -25,6 +25,15 @@ def _normalise(params: dict[str, Any]) -> Any:
     return json.loads(json.dumps(params, sort_keys=True, default=str))
 
 
+def cache_key(params: dict[str, Any]) -> Any:
+    """What decides a result: `params` without where the model file happens to lie on this machine
+    (its SHA-256, under `revision`, identifies the weights), so caches and names hold across clones."""
+    key = _normalise(params)
+    if isinstance(key.get("model"), dict):
+        key["model"].pop("location", None)
+    return key
+
+
 def cached_table(
     path: str | Path, params: dict[str, Any], compute: Callable[[], pd.DataFrame]
 ) -> pd.DataFrame:
@@ -33,7 +42,7 @@ def cached_table(
     side = sidecar_path(path)
     if path.is_file() and side.is_file() and os.environ.get("MAPSLIB_RECOMPUTE", "0") in ("0", ""):
         stored = json.loads(side.read_text())
-        if stored.get("params") == _normalise(params):
+        if cache_key(stored.get("params", {})) == cache_key(params):
             return pd.read_json(path) if path.suffix == ".json" else pd.read_csv(path)
     t0 = time.perf_counter()
     df = compute()

@@ -8,6 +8,7 @@ shared by its query heads, and one kernel pass answers promotion and suppression
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from mapslib.io import sha256_text
 from mapslib.kernels import Blocks, KernelStats, Unembedding, count_outside
 from mapslib.models import LoadedModel
 from mapslib.relations import MIN_PAIRS, REGISTRY, Relation, TokenizedRelation, scorable
-from mapslib.results import cached_table
+from mapslib.results import cache_key, cached_table
 
 TAU = 0.15
 MODES = ("promote", "suppress")
@@ -167,7 +168,9 @@ def cached_relation_scores(
     default = [r.name for r in relations] == list(REGISTRY) and layers == list(range(hw.n_layers))
     default = default and (k, embedding, min_pairs) == (None, "paper", MIN_PAIRS)
     name = (
-        "relation_scores.csv" if default else f"relation_scores_{sha256_text(str(params))[:10]}.csv"
+        "relation_scores.csv"
+        if default
+        else f"relation_scores_{sha256_text(json.dumps(cache_key(params), sort_keys=True))[:10]}.csv"
     )
     return cached_table(
         Path(out_dir) / name,

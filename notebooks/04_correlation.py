@@ -219,7 +219,10 @@ shown = [r for r in scatter_relations if r in set(corr["relation"])] or list(cor
 fig = plots_behaviour.correlation_scatter(static, dynamic, corr, shown, name)
 
 # %% [markdown]
-# ## Reading the results
+# ## Reading the results (written from the SmolLM2-135M run)
+#
+# In another model's part of the book, the tables above are that model's and can disagree with these
+# notes.
 #
 # * **Without context** the static score predicts the dynamic one well for most relations: a head
 #   that maps $s$ to $t$ through $E_\text{in} W_{VO} U$ still maps the model's own hidden state at

@@ -243,7 +243,10 @@ print(f"{int(eff['relation heads matter more'].sum())} of {len(eff)} relations p
 eff.round(3)
 
 # %% [markdown]
-# ## Reading the results
+# ## Reading the results (written from the SmolLM2-135M run)
+#
+# In another model's part of the book, the tables above are that model's and can disagree with these
+# notes.
 #
 # * Where the relation heads matter, the red curve falls well below the blue band: heads picked
 #   from weights alone are the ones the task needs at its last position. Country to capital is the

@@ -132,7 +132,10 @@ print(
 )
 
 # %% [markdown]
-# ## Reading the results
+# ## Reading the results (written from the SmolLM2-135M run)
+#
+# In another model's part of the book, the tables above are that model's and can disagree with these
+# notes.
 #
 # * At the last token of a multi-token source the residual stream has to carry the whole entity; a
 #   head whose static map sends the single-token entity to its target promotes the target there

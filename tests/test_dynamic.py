@@ -13,6 +13,7 @@ from tiny_models import VOCAB, tiny_model
 
 from mapslib.adapters import HeadWeights
 from mapslib.dynamic import (
+    DYNAMIC_COLUMNS,
     SETTINGS,
     TEMPLATES,
     correlation_rows,
@@ -207,17 +208,7 @@ def _dynamic_frame() -> pd.DataFrame:
             for s in ("no_context", "context")
             for m in ("promote", "suppress")
         ],
-        columns=[
-            "layer",
-            "head",
-            "relation",
-            "template",
-            "setting",
-            "mode",
-            "k",
-            "n_pairs",
-            "score",
-        ],
+        columns=DYNAMIC_COLUMNS,
     )
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mapslib.io import atomic_write, sidecar_path, write_table
-from mapslib.results import cached_table
+from mapslib.results import cache_key, cached_table
 
 
 def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
@@ -68,3 +68,22 @@ def test_cached_table_reuses_only_matching_parameters(
     assert cached_table(path, {"a": 2, "b": [1, 2]}, compute)["v"].tolist() == [3]  # forced
     meta = json.loads(sidecar_path(path).read_text())
     assert meta["params"] == {"a": 2, "b": [1, 2]} and "mapslib" in meta["environment"]
+
+
+def test_cached_table_ignores_where_the_model_file_lies(tmp_path: Path) -> None:
+    """A clone elsewhere (same weights, other path) reuses the table; other weights do not."""
+    calls = []
+
+    def compute() -> pd.DataFrame:
+        calls.append(1)
+        return pd.DataFrame({"v": [len(calls)]})
+
+    here = {"model": {"location": "/a/m.gguf", "revision": "abc"}, "k": 1}
+    there = {"model": {"location": "/b/m.gguf", "revision": "abc"}, "k": 1}
+    other = {"model": {"location": "/a/m.gguf", "revision": "def"}, "k": 1}
+    path = tmp_path / "r.csv"
+    assert cached_table(path, here, compute)["v"].tolist() == [1]
+    assert cached_table(path, there, compute)["v"].tolist() == [1]
+    assert cache_key(here) == cache_key(there) != cache_key(other)
+    assert cached_table(path, other, compute)["v"].tolist() == [2]
+    assert json.loads(sidecar_path(path).read_text())["params"]["model"]["location"] == "/a/m.gguf"
