@@ -23,6 +23,8 @@ r is undefined: it is reported as NaN with a note.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,16 +32,23 @@ import pandas as pd
 import torch
 from scipy.stats import pearsonr
 from torch import Tensor
-from tqdm import tqdm
 
-from mapslib.adapters import HeadWeights
 from mapslib.errors import BadArgument
-from mapslib.hooks import capture_last, common_prefix, extend, prefill, select_rows
-from mapslib.kernels import Blocks, KernelStats, Unembedding, count_outside
-from mapslib.reference import PAPER_CORRELATION_LLAMA31_8B
-from mapslib.relations import REGISTRY, TokenizedRelation
-from mapslib.scores import MODES, relation_k
-from mapslib.summary import category_of, label_of
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.cache import Computed, cached_table, table_path
+from mapslib.foundation.heads import head_factors, value_factors
+from mapslib.foundation.hooks import capture_last, common_prefix, extend, prefill, select_rows
+from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside
+from mapslib.foundation.models import LoadedModel
+from mapslib.foundation.tokens import token_texts
+from mapslib.relation_map.relations import (
+    REGISTRY,
+    Relation,
+    TokenizedRelation,
+    category_of,
+    scorable,
+)
+from mapslib.relation_map.scores import MODES, TAU, relation_k
 
 TEMPLATES: tuple[str, ...] = (
     "This is a document about <X>",
@@ -161,7 +170,7 @@ def last_position_states(
 
 def no_context_z(hw: HeadWeights, layer: int, x: Tensor) -> Tensor:
     """z of every kv head when it attends to the position alone: x W_V + b_V, (n_kv, rows, d_head)."""
-    return torch.einsum("nd,gde->gne", x, hw.W_V(layer)) + hw.b_V(layer)[:, None, :]
+    return value_factors(hw, layer, x, value_bias=True)
 
 
 # -- dynamic scores -------------------------------------------------------------------------------------
@@ -204,20 +213,17 @@ def dynamic_scores(
     blocks = Blocks.for_device(device)
 
     out = torch.zeros(hw.n_layers, hw.n_heads, len(MODES), 2 * n_groups)
-    bar = tqdm(total=hw.n_layers * hw.n_heads, desc="heads", unit="head", disable=not progress)
     with torch.inference_mode():
-        for layer in range(hw.n_layers):
-            z_nc = no_context_z(hw, layer, x[layer])
-            w_o = hw.W_O(layer)
-            for head in range(hw.n_heads):
-                a = torch.cat([z_nc[hw.kv_head(head)][prow], z[layer][prow, head]])
-                counts = count_outside(a, w_o[head], unembed, target, cap, blocks, stats)
-                for m, count in enumerate(counts):
-                    hits = torch.zeros(2 * n_groups, device=device)
-                    hits.index_add_(0, slot, (count < k_row).float())
-                    out[layer, head, m] = (hits / n_pairs).cpu()
-                bar.update(1)
-    bar.close()
+        # no context: the head's own value at the last position, x W_V + b_V (the factor with b_V)
+        for f in head_factors(
+            hw, range(hw.n_layers), lambda la: x[la], value_bias=True, progress=progress
+        ):
+            a = torch.cat([f.a[prow], z[f.layer][prow, f.head]])
+            counts = count_outside(a, f.w_o, unembed, target, cap, blocks, stats)
+            for m, count in enumerate(counts):
+                hits = torch.zeros(2 * n_groups, device=device)
+                hits.index_add_(0, slot, (count < k_row).float())
+                out[f.layer, f.head, m] = (hits / n_pairs).cpu()
     k_of = dict(zip(row_keys, rows["k"], strict=True))
     return _dynamic_frame(out, keys, k_of, n_pairs[:n_groups].long().tolist())
 
@@ -307,62 +313,95 @@ def correlations_by_map(
     return table
 
 
-def p_text(p: float) -> str:
-    """A p-value for reading: two significant digits; 0 (below the double range) as `< 1e-300`."""
-    if np.isnan(p):
-        return ""
-    return "< 1e-300" if p == 0 else f"{p:.1e}"
+PROTOCOL = {
+    "prompt": "template cut after <X>, filled with src (the src is the last token)",
+    "dynamic_score": "dst in the top-k of (z_h W_O[h]) U (suppress: of -(...) U), no b_O, no final "
+    "norm; no_context: z_h = x_last W_V + b_V; k as the static score",
+    "correlation": "Pearson r over heads x templates (static repeated per template)",
+}
 
 
-def paper_table(corr: pd.DataFrame, mode: str, ours: str, paper: str | None = None) -> pd.DataFrame:
-    """The paper's Table 1 layout: r without / with context (p as text, max static) per relation.
-
-    `ours` labels the columns computed here (model, quantisation, data); for promotion the paper's
-    Llama-3.1-8B numbers sit beside them under the `paper` label (the main text has promotion only).
-    """
-    c = corr[corr["mode"] == mode]
-    rels = list(dict.fromkeys(c["relation"]))
-
-    def column(setting: str, value: str) -> pd.Series:
-        return c[c["setting"] == setting].set_index("relation")[value].reindex(rels)
-
-    cols = {
-        (ours, "r w/o context"): column("no_context", "r"),
-        (ours, "r w/ context"): column("context", "r"),
-        (ours, "p w/o context"): column("no_context", "p").map(p_text),
-        (ours, "p w/ context"): column("context", "p").map(p_text),
-        (ours, "max static score"): c.groupby("relation")["max_static"].first().reindex(rels),
-    }
-    if paper is not None and mode == "promote":
-        ref = [PAPER_CORRELATION_LLAMA31_8B.get(r, (np.nan, np.nan)) for r in rels]
-        cols[(paper, "r w/o context")] = pd.Series([a for a, _ in ref], index=rels)
-        cols[(paper, "r w/ context")] = pd.Series([b for _, b in ref], index=rels)
-    table = pd.DataFrame(cols)
-    table.columns = pd.MultiIndex.from_tuples(table.columns)
-    table.index = pd.MultiIndex.from_arrays(
-        [[category_of(r) for r in rels], [label_of(r) for r in rels]],
-        names=["category", "relation"],
-    )
-    return table
-
-
-def correlate(
-    hw: HeadWeights,
-    tokenizer: Any,
-    relations: list[TokenizedRelation],
-    static: pd.DataFrame,
+def run_dynamic_scores(
+    lm: LoadedModel,
+    relations: list[Relation],
+    out: str | Path | None,
     *,
-    templates: list[int] | None = None,
+    templates: list[int] | str | None = None,
     max_pairs: int | None = None,
     seed: int = 0,
     batch_rows: int = 256,
+    recompute: bool = False,
+    header: dict[str, Any] | None = None,
     progress: bool = False,
-    stats: KernelStats | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The whole experiment: dynamic scores of every head, and their correlation with `static`."""
-    templates = parse_templates(templates)
-    rows = correlation_rows(relations, templates, hw.vocab_size, max_pairs, seed)
-    dynamic = dynamic_scores(
-        hw, tokenizer, rows, batch_rows=batch_rows, progress=progress, stats=stats
+) -> pd.DataFrame:
+    """Dynamic scores of every head (DYNAMIC_COLUMNS) cached at `out` (.csv or folder; None: not written)."""
+    chosen = parse_templates(templates)
+    tokenized = scorable(relations, lm.tokenizer)
+    params = {
+        "model": lm.info(),
+        "relations": [r.sha256 for r in relations],
+        "templates": chosen,
+        "max_pairs": max_pairs,
+        "seed": seed,
+    }
+
+    def compute() -> Computed:
+        stats = KernelStats()
+        rows = correlation_rows(tokenized, chosen, lm.hw.vocab_size, max_pairs, seed)
+        df = dynamic_scores(
+            lm.hw, lm.tokenizer, rows, batch_rows=batch_rows, progress=progress, stats=stats
+        )
+        found = {
+            "model": lm.info(),
+            "templates": {i: TEMPLATES[i] for i in chosen},
+            "relations": [
+                {"name": t.name, "sha256": t.relation.sha256, "pairs": len(t)} for t in tokenized
+            ],
+            "kernel": asdict(stats),
+        }
+        return df, found
+
+    path = None if out is None else table_path(out, "dynamic_scores.csv")
+    return cached_table(
+        path,
+        params,
+        compute,
+        recompute=recompute,
+        protocol=PROTOCOL,
+        header=header,
+        step="correlate",
     )
-    return dynamic, correlations(static, dynamic)
+
+
+def prompt_examples(rows: pd.DataFrame, tokenizer: Any) -> pd.DataFrame:
+    """The first prompt of each template, its text, and how the tokenizer splits it."""
+    example = rows.drop_duplicates("template")[["template", "prompt"]].copy()
+    example["template text"] = example["template"].map(lambda t: TEMPLATES[t])
+    example["tokens"] = example["prompt"].map(
+        lambda p: " | ".join(token_texts(tokenizer, tokenizer(p)["input_ids"]))
+    )
+    return example.set_index("template")
+
+
+def median_r_by_reach(corr: pd.DataFrame, tau: float = TAU) -> pd.DataFrame:
+    """Median promotion r per setting over all relations, those some head implements (max static
+    score >= tau) and those none does: low r comes with relations no head implements."""
+    promote = corr[corr["mode"] == "promote"].pivot_table(
+        index="relation", columns="setting", values=["r", "max_static"], sort=False
+    )
+    implemented = promote[("max_static", "context")] >= tau
+    groups = {
+        "all relations": promote,
+        "some head reaches tau": promote[implemented],
+        "no head reaches tau": promote[~implemented],
+    }
+    return pd.DataFrame(
+        {
+            label: {
+                "relations": len(g),
+                "median r without context": g[("r", "no_context")].median(),
+                "median r with context": g[("r", "context")].median(),
+            }
+            for label, g in groups.items()
+        }
+    ).T

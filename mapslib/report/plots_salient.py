@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mapslib.scores import TAU
+from mapslib.relation_map.scores import TAU
 
 
 def identification_rate(share: pd.DataFrame, model: str) -> Figure:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,10 +35,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from mapslib.adapters import HeadWeights
-from mapslib.dynamic import sample_indices
-from mapslib.hooks import (
-    Head,
+from mapslib.behaviour.correlation import sample_indices
+from mapslib.errors import BadArgument
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.cache import Computed, cached_table, table_path
+from mapslib.foundation.heads import Head, head_name
+from mapslib.foundation.hooks import (
     ablate_last,
     extend,
     keep_masks,
@@ -45,9 +48,8 @@ from mapslib.hooks import (
     removal_tensor,
     select_rows,
 )
-from mapslib.reference import PAPER_CAUSAL_PYTHIA12B
-from mapslib.relations import TokenizedRelation
-from mapslib.summary import label_of
+from mapslib.foundation.models import LoadedModel
+from mapslib.relation_map.relations import Relation, TokenizedRelation, label_of, scorable
 
 TASK_PROMPTS: dict[str, str] = {
     "country_to_capital_wikidata": "The capital of <X> is",
@@ -68,6 +70,19 @@ MIN_BASE = 0.1
 MAX_OVERLAP = 0.15
 MAX_BASE_GAP = 0.2
 MAX_CONTROLS = 5
+PROTOCOL = {
+    "relation_heads": "top m heads by static promote score among scores > 0; m by the model's heads: "
+    "< 300 -> 30, < 500 -> 50, < 1000 -> 100, < 1500 -> 150, else 250",
+    "rules": {
+        "min_base_accuracy": MIN_BASE,
+        "control_max_overlap": MAX_OVERLAP,
+        "control_max_base_gap": MAX_BASE_GAP,
+        "max_controls": MAX_CONTROLS,
+    },
+    "accuracy": "greedy next token == the dst token (' ' + dst, single-token pairs)",
+    "ablation": "heads' z zeroed at the last position only",
+    "random_std": "population std (ddof 0) over the draws",
+}
 ABLATION_COLUMNS = [
     "relation",
     "task",
@@ -88,7 +103,7 @@ def n_relation_heads(total_heads: int) -> int:
     return 250
 
 
-def relation_heads(static: pd.DataFrame, relation: str, m: int) -> list[Head]:
+def top_relation_heads(static: pd.DataFrame, relation: str, m: int) -> list[Head]:
     """The top `m` heads by static promote score among those scoring > 0, best first (ties by position)."""
     s = static[(static["relation"] == relation) & (static["mode"] == "promote")]
     s = s[s["score"] > 0].sort_values(["score", "layer", "head"], ascending=[False, True, True])
@@ -221,7 +236,7 @@ def ablation_experiment(
     with_task = [r for r in relations if r.name in TASK_PROMPTS]
     tasks = {r.name: build_task(r, max_prompts, seed) for r in with_task}
     m = n_relation_heads(hw.n_layers * hw.n_heads)
-    heads = {name: relation_heads(static, name, m) for name in tasks}
+    heads = {name: top_relation_heads(static, name, m) for name in tasks}
     rows: list[tuple] = []
     base: dict[str, float] = {}
     bar = tqdm(total=2 * len(tasks), desc="tasks", disable=not progress)
@@ -262,7 +277,7 @@ def ablation_experiment(
 
 
 # -- summaries ---------------------------------------------------------------------------------------------
-def summary(df: pd.DataFrame) -> pd.DataFrame:
+def ablation_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per relation: base, minus relation heads, minus random heads (mean, std over draws), and the
     controls' mean base and mean accuracy minus the relation's heads; skipped relations say so."""
     out = []
@@ -330,22 +345,110 @@ def effects(summ: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def paper_table(summ: pd.DataFrame, ours: str, paper: str | None = None) -> pd.DataFrame:
-    """The paper's Table 2 layout (TR base, -TR, -RND; CTR base, -TR), with Pythia 12B's beside."""
-    idx = [label_of(r) for r in summ["relation"]]
-    cols = {
-        (ours, "TR base"): summ["base"].to_numpy(),
-        (ours, "TR - TR heads"): summ["minus_relation"].to_numpy(),
-        (ours, "TR - RND heads"): summ["minus_random"].to_numpy(),
-        (ours, "CTR base"): summ["control_base"].to_numpy(),
-        (ours, "CTR - TR heads"): summ["control_minus_relation"].to_numpy(),
+def check_task_relations(relations: list[Relation]) -> None:
+    """Every relation must have a task prompt: say which do not, and which relations have one."""
+    missing = [r.name for r in relations if r.name not in TASK_PROMPTS]
+    if missing:
+        raise BadArgument(
+            f"no task prompt for {', '.join(missing)}; relations with one: {', '.join(TASK_PROMPTS)}"
+        )
+
+
+def run_ablation(
+    lm: LoadedModel,
+    relations: list[Relation],
+    static: pd.DataFrame,
+    out: str | Path | None,
+    *,
+    max_prompts: int | None = 100,
+    random_draws: int = 5,
+    step: int = 5,
+    seed: int = 0,
+    batch_rows: int = 256,
+    static_source: str = "computed (PROTOCOL.md defaults)",
+    recompute: bool = False,
+    header: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """The ablation experiment (ABLATION_COLUMNS) cached at `out` (.csv or folder; None: not written).
+
+    `static` holds the static scores the relation heads are chosen from; `static_source` says where
+    they came from, for the sidecar. The per-relation summary is recorded there too.
+    """
+    check_task_relations(relations)
+    if random_draws < 1 or step < 1:
+        raise BadArgument("random draws and step must be positive integers")
+    tokenized = scorable(relations, lm.tokenizer)
+    params = {
+        "model": lm.info(),
+        "relations": [t.relation.sha256 for t in tokenized],
+        "static": static_source,
+        "max_prompts": max_prompts,
+        "random_draws": random_draws,
+        "step": step,
+        "seed": seed,
     }
-    if paper is not None:
-        ref = [PAPER_CAUSAL_PYTHIA12B.get(r, (np.nan,) * 5) for r in summ["relation"]]
-        for i, name in enumerate(
-            ["TR base", "TR - TR heads", "TR - RND heads", "CTR base", "CTR - TR heads"]
-        ):
-            cols[(paper, name)] = [np.nan if v[i] is None else v[i] for v in ref]
-    table = pd.DataFrame(cols, index=pd.Index(idx, name="relation"))
-    table.columns = pd.MultiIndex.from_tuples(table.columns)
-    return table
+
+    def compute() -> Computed:
+        df = ablation_experiment(
+            lm.hw,
+            lm.tokenizer,
+            tokenized,
+            static,
+            max_prompts=max_prompts,
+            random_draws=random_draws,
+            seed=seed,
+            step=step,
+            batch_rows=batch_rows,
+            progress=progress,
+        )
+        summ = ablation_summary(df)
+        found = {
+            "model": lm.info(),
+            "task_prompts": {t.name: TASK_PROMPTS[t.name] for t in tokenized},
+            "static": static_source,
+            "summary": summ.astype(object).where(summ.notna(), None).to_dict(orient="records"),
+        }
+        return df, found
+
+    path = None if out is None else table_path(out, "ablation.csv")
+    return cached_table(
+        path, params, compute, recompute=recompute, protocol=PROTOCOL, header=header, step="ablate"
+    )
+
+
+def relation_head_table(static: pd.DataFrame, heads: dict[str, list[Head]]) -> pd.DataFrame:
+    """Per relation: heads with a positive static promote score, relation heads used, the top five."""
+    promote = static[(static["mode"] == "promote") & (static["score"] > 0)]
+    positive = promote.groupby("relation").size()
+    return pd.DataFrame(
+        {
+            "heads with score > 0": [int(positive.get(r, 0)) for r in heads],
+            "relation heads": [len(h) for h in heads.values()],
+            "strongest five": [", ".join(head_name(*x) for x in h[:5]) for h in heads.values()],
+        },
+        index=pd.Index(list(heads), name="relation"),
+    )
+
+
+def overlap_matrix(heads: dict[str, list[Head]]) -> pd.DataFrame:
+    """Share of the row relation's heads that are also the column relation's."""
+    return pd.DataFrame(
+        [[overlap(heads[a], heads[b]) for b in heads] for a in heads],
+        index=pd.Index(list(heads), name="share of"),
+        columns=list(heads),
+    )
+
+
+def effect_sentence(summ: pd.DataFrame, relation: str) -> str:
+    """One line on a relation's result: base, minus its heads, minus as many random heads."""
+    by_rel = summ.set_index("relation")
+    if relation not in by_rel.index or by_rel.loc[relation, "status"] != "ok":
+        return f"{label_of(relation).lower()} is not run for this model or these parameters"
+    c = by_rel.loc[relation]
+    return (
+        f"base {c['base']:.3f}; minus its {int(c['n_heads'])} relation heads "
+        f"{c['minus_relation']:.3f} (drop {c['base'] - c['minus_relation']:.3f}); minus as many "
+        f"random heads {c['minus_random']:.3f} ± {c['minus_random_std']:.3f} "
+        f"(drop {c['base'] - c['minus_random']:.3f})"
+    )

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,12 @@ from typing import Any
 import pandas as pd
 
 from mapslib.errors import RelationFileError, UnknownRelation
-from mapslib.io import sha256_file
+from mapslib.foundation.io import sha256_file
 
 DATA_DIR = Path(__file__).parent / "data" / "relations"
 MIN_PAIRS = 30
 CATEGORIES = ("algorithmic", "knowledge", "linguistic", "translation")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -238,19 +241,41 @@ def surviving_pairs(
     return pd.DataFrame(rows)
 
 
-def scorable(
-    relations: list[Relation], tokenizer: Any, min_pairs: int = MIN_PAIRS, log: Any = print
+def keep_scorable(
+    tokenized: list[TokenizedRelation],
+    min_pairs: int = MIN_PAIRS,
+    log: Callable[[str], None] | None = None,
 ) -> list[TokenizedRelation]:
-    """Tokenize relations and drop, with a message to `log` (None: silent), those with too few pairs."""
+    """The tokenized relations with at least `min_pairs` pairs; each dropped one is reported to
+    `log` (default: this module's logger)."""
+    log = log or logger.info
     out = []
-    for r in relations:
-        t = tokenize_relation(r, tokenizer)
+    for t in tokenized:
         if len(t) < min_pairs:
-            if log is not None:
-                log(
-                    f"skipping relation {r.name}: {len(t)} of {len(r)} pairs are single-token for this "
-                    f"tokenizer (< {min_pairs})"
-                )
+            log(
+                f"skipping relation {t.name}: {len(t)} of {len(t.relation)} pairs are single-token "
+                f"for this tokenizer (< {min_pairs})"
+            )
             continue
         out.append(t)
     return out
+
+
+def scorable(
+    relations: list[Relation],
+    tokenizer: Any,
+    min_pairs: int = MIN_PAIRS,
+    log: Callable[[str], None] | None = None,
+) -> list[TokenizedRelation]:
+    """Tokenize relations and keep those with enough single-token pairs (see `keep_scorable`)."""
+    return keep_scorable([tokenize_relation(r, tokenizer) for r in relations], min_pairs, log)
+
+
+def category_of(relation: str) -> str:
+    """The category of a shipped relation; `custom` for user relations."""
+    return REGISTRY[relation].category if relation in REGISTRY else "custom"
+
+
+def label_of(relation: str) -> str:
+    """The paper's name of a shipped relation; the name itself otherwise."""
+    return REGISTRY[relation].label if relation in REGISTRY else relation

@@ -10,26 +10,35 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
-from mapslib.adapters import HeadWeights
-from mapslib.embeddings import InputEmbeddings
 from mapslib.errors import BadArgument, TooFewPairs
-from mapslib.io import sha256_text
-from mapslib.kernels import Blocks, KernelStats, Unembedding, count_outside
-from mapslib.models import LoadedModel
-from mapslib.relations import MIN_PAIRS, REGISTRY, Relation, TokenizedRelation, scorable
-from mapslib.results import cache_key, cached_table
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.cache import Computed, cached_table, params_key, table_path
+from mapslib.foundation.embeddings import EMBEDDING_RULE, InputEmbeddings, embedding_kind
+from mapslib.foundation.heads import head_factors
+from mapslib.foundation.io import sha256_text
+from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside
+from mapslib.foundation.models import LoadedModel
+from mapslib.relation_map.relations import (
+    MIN_PAIRS,
+    REGISTRY,
+    Relation,
+    TokenizedRelation,
+    keep_scorable,
+    tokenize_relation,
+)
 
 TAU = 0.15
 MODES = ("promote", "suppress")
 SCORE_COLUMNS = ["layer", "head", "relation", "mode", "k", "n_pairs", "score"]
+K_RULE = "PROTOCOL.md: |V|<100k -> 1 (copying) / 10; else 3 / 25"
 
 
 def default_k(vocab_size: int, copying: bool) -> int:
@@ -46,24 +55,6 @@ def relation_k(relation: TokenizedRelation, vocab_size: int, k: int | None = Non
             raise BadArgument(f"k must be a positive integer, got {k}")
         return k
     return default_k(vocab_size, relation.relation.copying)
-
-
-def parse_layers(spec: str | None, n_layers: int) -> list[int]:
-    """Parse `0,5,12` (or None for all layers), checking each against the model's depth."""
-    if spec is None or spec == "all":
-        return list(range(n_layers))
-    try:
-        layers = [int(x) for x in str(spec).split(",") if x.strip() != ""]
-    except ValueError:
-        raise BadArgument(
-            f"--layers expects comma-separated integers like 0,5,12, got {spec!r}"
-        ) from None
-    bad = [x for x in layers if not 0 <= x < n_layers]
-    if bad or not layers:
-        raise BadArgument(
-            f"layers {bad or spec} out of range: this model has layers 0..{n_layers - 1}"
-        )
-    return sorted(set(layers))
 
 
 @dataclass(frozen=True)
@@ -130,53 +121,142 @@ def relation_scores(
     unembed = Unembedding.prepare(hw.unembedding(), sample_stride)
     blocks = Blocks.for_device(device)
     scores = torch.zeros(len(layers), hw.n_heads, 2, len(relations))
-    bar = tqdm(total=len(layers) * hw.n_heads, desc="heads", unit="head", disable=not progress)
-    for li, layer in enumerate(layers):
-        a_kv = torch.einsum("nd,gde->gne", inputs.for_layer(layer), hw.W_V(layer))  # per kv head
-        w_o = hw.W_O(layer)
-        for head in range(hw.n_heads):
-            a = a_kv[hw.kv_head(head)][batch.inverse]
-            counts = count_outside(a, w_o[head], unembed, batch.dst, batch.cap, blocks, stats)
-            scores[li, head] = batch.fractions(*counts)
-            bar.update(1)
-    bar.close()
+    row = {layer: i for i, layer in enumerate(layers)}
+    for f in head_factors(hw, layers, inputs.for_layer, progress=progress):
+        a = f.a[batch.inverse]
+        counts = count_outside(a, f.w_o, unembed, batch.dst, batch.cap, blocks, stats)
+        scores[row[f.layer], f.head] = batch.fractions(*counts)
     return scores_frame(scores, layers, batch)
 
 
-def cached_relation_scores(
-    loaded: LoadedModel,
-    hw: HeadWeights,
+def protocol(k: int | None = None, min_pairs: int = MIN_PAIRS) -> dict[str, Any]:
+    """The rules the relation map applies, for the sidecar of every table it writes."""
+    return {
+        "score": "share of pairs (s, t) whose t is in the top-k of row s of M = E_in W_VO U "
+        "(suppress: of -M); entries within rounding error of the target are ties, in its favour",
+        "k_rule": "override" if k is not None else K_RULE,
+        "tau": TAU,
+        "tokenisation": "' ' + word without special tokens; a pair is kept when both sides are one token",
+        "min_pairs": min_pairs,
+        "embedding": EMBEDDING_RULE,
+    }
+
+
+def relation_provenance(
+    tokenized: list[TokenizedRelation], vocab_size: int, k: int | None, min_pairs: int
+) -> list[dict[str, Any]]:
+    """Per relation: its file and hash, pairs before and after the single-token filter, its k."""
+    return [
+        {
+            "name": t.name,
+            "category": t.relation.category,
+            "path": t.relation.path,
+            "sha256": t.relation.sha256,
+            "pairs": len(t.relation),
+            "single_token_pairs": len(t),
+            "scored": len(t) >= min_pairs,
+            "k": relation_k(t, vocab_size, k) if len(t) >= min_pairs else None,
+        }
+        for t in tokenized
+    ]
+
+
+def _table_name(params: dict[str, Any], default: bool) -> str:
+    """`relation_scores.csv` for the full default map; other choices get a name by parameter hash."""
+    if default:
+        return "relation_scores.csv"
+    return f"relation_scores_{sha256_text(json.dumps(params_key(params), sort_keys=True))[:10]}.csv"
+
+
+def run_relation_map(
+    lm: LoadedModel,
     relations: list[Relation],
-    out_dir: str | Path,
+    out: str | Path | None,
     *,
     layers: list[int] | None = None,
     k: int | None = None,
     embedding: str = "paper",
     min_pairs: int = MIN_PAIRS,
+    recompute: bool = False,
+    header: dict[str, Any] | None = None,
+    progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
-    """`relation_scores`, reused from `out_dir` when a table made with the same parameters is there.
+    """The relation map of `lm` (SCORE_COLUMNS), cached at `out` (a .csv, or a folder; None: not written).
 
-    The full default map (all shipped relations, all layers, PROTOCOL.md's k and embeddings) is
-    `relation_scores.csv`, shared by every chapter that needs it; other choices get a file named by a
-    hash of their parameters, so they never overwrite it.
+    In a folder the full default map (all shipped relations, all layers, PROTOCOL.md's k and
+    embeddings) is `relation_scores.csv`, shared by every chapter that needs it; other choices get a
+    file named by a hash of their parameters, so they never overwrite it.
     """
-    tokenized = scorable(relations, loaded.tokenizer, min_pairs, log=log)
+    hw = lm.hw
+    embedding_kind(embedding, 1)  # an unknown mode fails before any work
     layers = list(range(hw.n_layers)) if layers is None else layers
-    params = {"model": loaded.info(), "relations": [r.sha256 for r in relations], "layers": layers}
+    tokenized = [tokenize_relation(r, lm.tokenizer) for r in relations]
+    kept = keep_scorable(tokenized, min_pairs, log)
+    params = {"model": lm.info(), "relations": [r.sha256 for r in relations], "layers": layers}
     params |= {"k": k, "embedding": embedding, "min_pairs": min_pairs}
     default = [r.name for r in relations] == list(REGISTRY) and layers == list(range(hw.n_layers))
     default = default and (k, embedding, min_pairs) == (None, "paper", MIN_PAIRS)
-    name = (
-        "relation_scores.csv"
-        if default
-        else f"relation_scores_{sha256_text(json.dumps(cache_key(params), sort_keys=True))[:10]}.csv"
-    )
+
+    def compute() -> Computed:
+        stats = KernelStats()
+        df = relation_scores(
+            hw, kept, layers=layers, k=k, embedding=embedding, progress=progress, stats=stats
+        )
+        found = {
+            "model": lm.info(),
+            "layers": layers,
+            "embedding": embedding,
+            "relations": relation_provenance(tokenized, hw.vocab_size, k, min_pairs),
+            "kernel": asdict(stats),
+        }
+        return df, found
+
+    path = None if out is None else table_path(out, _table_name(params, default))
     return cached_table(
-        Path(out_dir) / name,
+        path,
         params,
-        lambda: relation_scores(hw, tokenized, layers=layers, k=k, embedding=embedding),
+        compute,
+        recompute=recompute,
+        protocol=protocol(k, min_pairs),
+        header=header,
+        step="score",
     )
+
+
+def static_scores(
+    lm: LoadedModel, relations: list[Relation], path: str | Path | None = None, **kwargs: Any
+) -> pd.DataFrame:
+    """Static scores for a behaviour experiment: read from `path` (checked), or the default map
+    computed now; `attrs["source"]` says which, for the experiment's sidecar."""
+    if path is None:
+        static = run_relation_map(lm, relations, None, log=lambda _: None, **kwargs)
+        static.attrs["source"] = "computed (PROTOCOL.md defaults)"
+        return static
+    names = [
+        t.name
+        for t in keep_scorable(
+            [tokenize_relation(r, lm.tokenizer) for r in relations], log=lambda _: None
+        )
+    ]
+    static = read_static(path, names, lm.hw.n_layers)
+    static.attrs["source"] = str(path)
+    return static
+
+
+def read_static(path: str | Path, relations: list[str], n_layers: int) -> pd.DataFrame:
+    """Static scores written by `run_relation_map`, checked to cover every layer and `relations`."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadArgument(f"static scores file not found: {path}")
+    static = pd.read_csv(path)
+    missing = set(relations) - set(static.get("relation", []))
+    if missing or static.get("layer", pd.Series([])).nunique() != n_layers:
+        raise BadArgument(
+            f"static scores {path} do not cover every layer and relation asked for (missing: "
+            f"{', '.join(sorted(missing)) or 'layers'}); make them with `python -m mapslib relations`"
+        )
+    return static
 
 
 def scores_by_k(

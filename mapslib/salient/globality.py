@@ -37,6 +37,7 @@ model's own vocabulary, exactly and on the same sampled sources as the heads.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,10 +46,13 @@ import scipy.stats
 import torch
 from torch import Tensor
 
-from mapslib.adapters import HeadWeights
-from mapslib.embeddings import InputEmbeddings
 from mapslib.errors import BadArgument
-from mapslib.kernels import Blocks
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.cache import Computed, cached_table, table_path
+from mapslib.foundation.embeddings import InputEmbeddings
+from mapslib.foundation.heads import head_factors
+from mapslib.foundation.kernels import Blocks
+from mapslib.foundation.models import LoadedModel
 
 SPACE_COLUMNS = [
     "layer",
@@ -172,8 +176,6 @@ def head_targets(
     progress: bool = False,
 ) -> Tensor:
     """argmax_t M[s, t] (U's columns normalised) for every head of `layers` and source s: (L, H, n)."""
-    from tqdm import tqdm
-
     layers = list(range(hw.n_layers)) if layers is None else list(layers)
     device = hw.embedding_module.weight.device
     sources = torch.arange(hw.vocab_size) if sources is None else sources
@@ -181,14 +183,9 @@ def head_targets(
     u_rows = normalized_unembedding_rows(hw.unembedding())
     blocks = Blocks.for_device(device)
     out = torch.empty(len(layers), hw.n_heads, len(sources), dtype=torch.long)
-    bar = tqdm(total=len(layers) * hw.n_heads, unit="head", disable=not progress)
-    for li, layer in enumerate(layers):
-        a_kv = torch.einsum("nd,gde->gne", inputs.for_layer(layer), hw.W_V(layer))
-        w_o = hw.W_O(layer)
-        for h in range(hw.n_heads):
-            out[li, h] = argmax_targets(a_kv[hw.kv_head(h)], w_o[h], u_rows, blocks).cpu()
-            bar.update(1)
-    bar.close()
+    row = {layer: i for i, layer in enumerate(layers)}
+    for f in head_factors(hw, layers, inputs.for_layer, progress=progress):
+        out[row[f.layer], f.head] = argmax_targets(f.a, f.w_o, u_rows, blocks).cpu()
     return out
 
 
@@ -213,6 +210,44 @@ def output_space(
         for h in range(hw.n_heads)
     ]
     return pd.DataFrame(rows, columns=SPACE_COLUMNS)
+
+
+def run_output_space(
+    lm: LoadedModel,
+    out: str | Path | None,
+    *,
+    layers: list[int] | None = None,
+    sample: int | None | str = "auto",
+    seed: int = 0,
+    groups: int = 8,
+    embedding: str = "paper",
+    recompute: bool = False,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """`output_space` of every head of `layers`, cached at `out` (.csv or a folder; None: not written)."""
+    n = default_sample(lm.hw) if sample == "auto" else sample
+    params = {"model": lm.info(), "sample": n, "seed": seed, "groups": groups}
+    params |= {"embedding": embedding, "layers": layers}
+
+    def compute() -> Computed:
+        df = output_space(
+            lm.hw,
+            layers,
+            sample=n,
+            seed=seed,
+            groups=groups,
+            embedding=embedding,
+            progress=progress,
+        )
+        return df, {"model": lm.info()}
+
+    protocol = {
+        "output_space": "argmax_t M[s, t] with U's columns at unit norm; size = distinct targets / |V|",
+        "estimator": "exact when every source is scored, else Shlosser's estimate (size) beside "
+        "distinct / sampled (size_sample), with delete-a-group jackknife standard errors",
+    }
+    path = None if out is None else table_path(out, "output_space.csv")
+    return cached_table(path, params, compute, recompute=recompute, protocol=protocol)
 
 
 def head_globality(

@@ -30,9 +30,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from mapslib.adapters import HeadWeights
-
-Head = tuple[int, int]  # (layer, head)
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.heads import Head
 
 
 def _hidden_states(args: tuple, kwargs: dict[str, Any]) -> Tensor:

@@ -18,13 +18,23 @@ on the same template is computed beside it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mapslib.adapters import HeadWeights
-from mapslib.dynamic import correlation_rows, correlations, dynamic_scores
-from mapslib.relations import Relation, TokenizedRelation
+from mapslib.behaviour.correlation import (
+    TEMPLATES,
+    correlation_rows,
+    correlations,
+    dynamic_scores,
+    src_prompt,
+)
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.cache import Computed, cached_table, table_path
+from mapslib.foundation.models import LoadedModel
+from mapslib.foundation.tokens import token_texts
+from mapslib.relation_map.relations import Relation, TokenizedRelation, scorable
 
 MIN_MULTI_PAIRS = 20
 TEMPLATE = 0  # "This is a document about <X>"
@@ -135,3 +145,73 @@ def multi_token_experiment(
     )
     both["r_diff"] = (both["r_multi"] - both["r_single"]).round(6) + 0.0  # no -0.0 in tables
     return both
+
+
+def run_multi_token(
+    lm: LoadedModel,
+    relations: list[Relation],
+    static: pd.DataFrame,
+    out: str | Path | None,
+    *,
+    static_source: str = "computed (PROTOCOL.md defaults)",
+    max_pairs: int | None = None,
+    seed: int = 0,
+    batch_rows: int = 256,
+    recompute: bool = False,
+    header: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """`multi_token_experiment` on the relations the rule keeps, cached at `out` (.csv or folder)."""
+    single = scorable(relations, lm.tokenizer)
+    multi = multi_token_relations(relations, lm.tokenizer, single)
+    params = {
+        "model": lm.info(),
+        "relations": [r.sha256 for r in relations],
+        "static": static_source,
+        "template": TEMPLATE,
+        "min_multi_pairs": MIN_MULTI_PAIRS,
+        "max_pairs": max_pairs,
+        "seed": seed,
+    }
+
+    def compute() -> Computed:
+        df = multi_token_experiment(
+            lm.hw,
+            lm.tokenizer,
+            multi,
+            single,
+            static,
+            max_pairs=max_pairs,
+            seed=seed,
+            batch_rows=batch_rows,
+        )
+        return df, {"model": lm.info(), "multi_token_pairs": {m.name: len(m) for m in multi}}
+
+    protocol = {
+        "rule": f">= {MIN_MULTI_PAIRS} pairs with a multi-token src and a single-token dst, and "
+        "a single-token static score",
+        "template": TEMPLATES[TEMPLATE],
+    }
+    path = None if out is None else table_path(out, "multi_token.csv")
+    return cached_table(
+        path, params, compute, recompute=recompute, protocol=protocol, header=header
+    )
+
+
+def example_prompt(multi: list[MultiTokenRelation], tokenizer: Any) -> list[str]:
+    """Lines showing the first multi-token pair: its prompt, the target, and the prompt's tokens."""
+    if not multi:
+        return []
+    src, dst = multi[0].pairs[0]
+    prompt = src_prompt(TEMPLATES[TEMPLATE], src)
+    tokens = " | ".join(token_texts(tokenizer, tokenizer(prompt)["input_ids"]))
+    return [f"{prompt!r} -> {dst!r}", tokens]
+
+
+def within_paper_criterion(both: pd.DataFrame, margin: float = 0.05) -> str:
+    """The paper's criterion for promotion: multi-token r within `margin` of single-token r, or higher."""
+    promote = both[both["mode"] == "promote"]
+    close = int((promote["r_diff"] >= -margin).sum())
+    return (
+        f"{close} of {len(promote)} relation-setting combinations (promotion) have multi-token r "
+        f"within {margin} of the single-token r or higher"
+    )

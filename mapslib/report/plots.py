@@ -12,9 +12,9 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from mapslib.relations import CATEGORIES
-from mapslib.scores import TAU
-from mapslib.summary import category_of, head_table, label_of, score_grid
+from mapslib.relation_map.relations import CATEGORIES, category_of, label_of
+from mapslib.relation_map.scores import TAU
+from mapslib.relation_map.summary import head_table, score_grid
 
 CATEGORY_COLORS = {
     "algorithmic": "#4C72B0",

@@ -27,16 +27,17 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from mapslib.errors import MapsError, MissingAPIKey
-from mapslib.io import sha256_text, write_json
+from mapslib.foundation.cache import Computed, cached_table
+from mapslib.foundation.io import sha256_text, write_json
 
-DEFAULT_MODEL = "gpt-4o"
+DEFAULT_LLM = "gpt-4o"
 STATUSES = ("pattern", "no pattern", "failed", "unavailable")
 
 SYSTEM_PROMPT = (
@@ -72,7 +73,7 @@ class LLMError(MapsError):
 class LLMConfig:
     """What decides an answer (model, temperature, seed) and how hard to try for it."""
 
-    model: str = field(default_factory=lambda: os.environ.get("MAPSLIB_LLM_MODEL", DEFAULT_MODEL))
+    model: str = field(default_factory=lambda: os.environ.get("MAPSLIB_LLM_MODEL", DEFAULT_LLM))
     temperature: float = 0.0
     seed: int = 0
     max_tokens: int = 600
@@ -108,7 +109,7 @@ def build_messages(lines: list[str], suppress: bool = False) -> list[dict[str, s
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-def cache_key(model: str, messages: list[dict[str, str]], temperature: float, seed: int) -> str:
+def answer_key(model: str, messages: list[dict[str, str]], temperature: float, seed: int) -> str:
     """SHA-256 of everything that decides the answer: model, exact messages, temperature, seed."""
     payload = {"model": model, "messages": messages, "temperature": temperature, "seed": seed}
     return sha256_text(json.dumps(payload, sort_keys=True, ensure_ascii=False))
@@ -116,7 +117,7 @@ def cache_key(model: str, messages: list[dict[str, str]], temperature: float, se
 
 def cache_dir() -> Path:
     """Where answers are cached: `cache_root()/llm`."""
-    from mapslib.models import cache_root
+    from mapslib.foundation.models import cache_root
 
     return cache_root() / "llm"
 
@@ -167,6 +168,21 @@ def llm_available() -> bool:
     return api_settings()[0] is not None
 
 
+def require_llm() -> None:
+    """Fail early, with the fix, when heads are to be described but no key is set."""
+    if not llm_available():
+        raise MissingAPIKey(
+            "--describe needs an API key: set OPENAI_API_KEY (and OPENAI_BASE_URL for an "
+            "OpenAI-compatible server); without --describe the salient mappings are written alone"
+        )
+
+
+def llm_config(model: str | None = None, temperature: float = 0.0, seed: int = 0) -> LLMConfig:
+    """The LLM settings: `model` if given, else $MAPSLIB_LLM_MODEL or the default."""
+    config = LLMConfig(temperature=temperature, seed=seed)
+    return replace(config, model=model) if model else config
+
+
 class Describer:
     """Asks an OpenAI-compatible server to describe heads, with retries and an on-disk answer cache."""
 
@@ -212,7 +228,7 @@ class Describer:
     def cached(self, messages: list[dict[str, str]]) -> dict[str, Any] | None:
         """The cached record for these messages under this config, or None."""
         c = self.config
-        path = _cache_path(self.cache, cache_key(c.model, messages, c.temperature, c.seed))
+        path = _cache_path(self.cache, answer_key(c.model, messages, c.temperature, c.seed))
         if not path.is_file():
             return None
         try:
@@ -222,7 +238,7 @@ class Describer:
 
     def _store(self, messages: list[dict[str, str]], record: dict[str, Any]) -> None:
         c = self.config
-        key = cache_key(c.model, messages, c.temperature, c.seed)
+        key = answer_key(c.model, messages, c.temperature, c.seed)
         write_json(_cache_path(self.cache, key), record)
 
     # -- one request ----------------------------------------------------------------------------------
@@ -362,7 +378,7 @@ def describe_heads(
     describer: Describer | None = None,
 ) -> pd.DataFrame:
     """One description per head of a `salient_mappings` table; cache-only when no key is set."""
-    from mapslib.salient import mapping_lines
+    from mapslib.salient.mappings import mapping_lines
 
     describer = describer or Describer(config)
     cache_only = (not llm_available()) if cache_only is None else cache_only
@@ -394,3 +410,39 @@ def availability_note(descriptions: pd.DataFrame) -> str:
     if counts.get("failed", 0):
         parts.append(f"{int(counts['failed'])} failed after retries")
     return "; ".join(parts) + "."
+
+
+DESCRIBE_PROTOCOL = {
+    "prompt": "the system prompt and USER_TEMPLATE of mapslib.salient.describe, one head per request",
+    "no_pattern": "an answer containing 'clear' anywhere counts as no pattern (the paper's rule)",
+    "retries": "transient errors with backoff; truncated or unparseable answers asked again with "
+    "the next seed; then recorded as failed",
+}
+
+
+def run_descriptions(
+    salient: pd.DataFrame,
+    out: str | Path | None,
+    *,
+    config: LLMConfig | None = None,
+    suppress: bool = False,
+    cache_only: bool | None = None,
+) -> pd.DataFrame:
+    """`describe_heads` written to `out` with the LLM settings beside it; `attrs["note"]` says how
+    many heads got a description. Answers are cached one by one, so this always asks for the rest."""
+    config = config or LLMConfig()
+    params = {
+        "salient": salient.attrs.get("sidecar", {}).get("params"),
+        "llm": asdict(config),
+        "suppress": suppress,
+    }
+
+    def compute() -> Computed:
+        desc = describe_heads(salient, config=config, suppress=suppress, cache_only=cache_only)
+        return desc, {"llm": asdict(config)}
+
+    desc = cached_table(
+        out, params, compute, recompute=True, protocol=DESCRIBE_PROTOCOL, step="describe"
+    )
+    desc.attrs["note"] = availability_note(desc)
+    return desc

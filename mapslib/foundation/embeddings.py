@@ -18,10 +18,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mapslib.adapters import HeadWeights
 from mapslib.errors import BadArgument
+from mapslib.foundation.adapters import HeadWeights
 
 EMBEDDING_MODES = ("paper", "raw", "mlp0-residual")
+EMBEDDING_RULE = (
+    "layer 0 reads E; layers >= 1 read MLP_0(norm(E)) (paper), E (raw) or E + MLP_0(norm(E)) "
+    "(mlp0-residual); E includes the forward pass's embedding scale"
+)
 
 
 def embedding_kind(mode: str, layer: int) -> str:

@@ -20,13 +20,6 @@ from collections.abc import Callable
 
 import pandas as pd
 
-VISIBLE_SPACE = "␣"
-
-
-def raw_text(shown: str) -> str:
-    """Undo display.token_text's visible space, so rules see ' Paris' (escaped bytes stay escaped)."""
-    return shown.replace(VISIBLE_SPACE, " ").replace("\\n", "\n")
-
 
 def _word(text: str) -> str:
     """The token without surrounding whitespace."""
@@ -136,10 +129,8 @@ KEYWORDS: dict[str, tuple[str, ...]] = {
 
 
 def source_hits(source: str, targets: list[str]) -> dict[str, bool]:
-    """For one salient source: which operations any of its targets shows."""
-    src = raw_text(source)
-    tgts = [raw_text(t) for t in targets]
-    return {name: any(rule(src, t) for t in tgts) for name, rule in DETECTORS.items()}
+    """For one salient source (raw token text): which operations any of its targets shows."""
+    return {name: any(rule(source, t) for t in targets) for name, rule in DETECTORS.items()}
 
 
 def label_heads(salient: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mapslib.reference import PAPER_CORRELATION_LLAMA31_8B
-from mapslib.summary import label_of
+from mapslib.relation_map.relations import label_of
+from mapslib.report.reference import PAPER_CORRELATION_LLAMA31_8B
 
 SETTING_LABELS = {"no_context": "without context", "context": "with context"}
 

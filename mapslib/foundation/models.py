@@ -14,13 +14,15 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mapslib.errors import BadArgument, UnknownModel, UnsupportedArchitecture
-from mapslib.io import sha256_file
+from mapslib.foundation.adapters import FAMILIES, HeadWeights
+from mapslib.foundation.io import sha256_file
 
 CACHE_FORMAT = 1  # bump when the layout of the dequantised cache changes
 
@@ -64,18 +66,7 @@ ALIASES: dict[str, PackagedModel] = {
 }
 DEFAULT_MODEL = "smollm2-135m"
 
-# model_type -> adapter family; the adapters module holds the details.
-SUPPORTED_MODEL_TYPES = (
-    "gpt2",
-    "gpt_neox",
-    "phi",
-    "llama",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "gemma2",
-    "gemma3_text",
-)
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)  # the adapters module holds where each keeps its weights
 
 
 @dataclass
@@ -90,6 +81,11 @@ class LoadedModel:
     revision: str  # file SHA-256, folder fingerprint, or hub commit
     quantization: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def hw(self) -> HeadWeights:
+        """The model's weights in MAPS's layout (views, no copy)."""
+        return HeadWeights(self.model)
 
     @property
     def name(self) -> str:
@@ -161,7 +157,7 @@ def check_supported(model: torch.nn.Module) -> None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedArchitecture(
             f"architecture {model_type!r} ({type(model).__name__}) is not supported; supported model types: "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)}. Add an entry to mapslib/adapters.py FAMILIES to support it."
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}. Add an entry to mapslib/foundation/adapters.py FAMILIES to support it."
         )
 
 

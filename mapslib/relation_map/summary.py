@@ -10,24 +10,9 @@ import itertools
 
 import pandas as pd
 
-from mapslib.reference import KNOWN_SCORES
-from mapslib.relations import REGISTRY
-from mapslib.scores import TAU
-
-
-def category_of(relation: str) -> str:
-    """The category of a shipped relation; `custom` for user relations."""
-    return REGISTRY[relation].category if relation in REGISTRY else "custom"
-
-
-def label_of(relation: str) -> str:
-    """The paper's name of a shipped relation; the name itself otherwise."""
-    return REGISTRY[relation].label if relation in REGISTRY else relation
-
-
-def head_name(layer: int, head: int) -> str:
-    """Heads are written `layer.head`, as in the paper and the CLI's --heads."""
-    return f"{layer}.{head}"
+from mapslib.foundation.heads import head_name
+from mapslib.relation_map.relations import category_of
+from mapslib.relation_map.scores import TAU
 
 
 def score_grid(scores: pd.DataFrame, relation: str, mode: str = "promote") -> pd.DataFrame:
@@ -43,7 +28,7 @@ def implemented(scores: pd.DataFrame, tau: float = TAU) -> pd.DataFrame:
     return out
 
 
-def relation_heads(scores: pd.DataFrame, tau: float = TAU) -> pd.DataFrame:
+def relation_overview(scores: pd.DataFrame, tau: float = TAU) -> pd.DataFrame:
     """Per relation and mode: heads over tau, the highest score, and the head that has it."""
     rows = []
     for (rel, mode), g in scores.groupby(["relation", "mode"], sort=False):
@@ -168,29 +153,6 @@ def group_members(
                 }
             )
     return pd.DataFrame(rows, columns=["layer", "kv_group", "relation", "mode", "heads"])
-
-
-def known_scores(scores: pd.DataFrame, model: str) -> pd.DataFrame:
-    """Scores recorded for this model in MODELS.md / PROTOCOL.md beside the ones just computed."""
-    rows = []
-    for rel, mode, layer, head, expected in KNOWN_SCORES.get(model, []):
-        sel = scores[
-            (scores["relation"] == rel)
-            & (scores["mode"] == mode)
-            & (scores["layer"] == layer)
-            & (scores["head"] == head)
-        ]
-        ours = float(sel["score"].iloc[0]) if len(sel) else float("nan")
-        rows.append(
-            {
-                "head": head_name(layer, head),
-                "relation": rel,
-                "mode": mode,
-                "recorded": expected,
-                "computed": ours,
-            }
-        )
-    return pd.DataFrame(rows, columns=["head", "relation", "mode", "recorded", "computed"])
 
 
 def strongest_head(scores: pd.DataFrame, mode: str = "promote", relation: str | None = None) -> str:

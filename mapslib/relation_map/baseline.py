@@ -16,16 +16,20 @@ for its full-row pass. Random rows are almost all decided by the column sample, 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from mapslib.adapters import HeadWeights
-from mapslib.embeddings import InputEmbeddings
-from mapslib.kernels import Blocks, KernelStats, Unembedding, count_outside
-from mapslib.relations import TokenizedRelation
-from mapslib.scores import TAU, PairBatch, scores_frame
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.cache import Computed, cached_table, table_path
+from mapslib.foundation.embeddings import InputEmbeddings
+from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside
+from mapslib.foundation.models import LoadedModel
+from mapslib.relation_map.relations import Relation, TokenizedRelation, scorable
+from mapslib.relation_map.scores import TAU, PairBatch, protocol, scores_frame
 
 
 def layer_ov_stats(hw: HeadWeights, layer: int) -> tuple[float, float]:
@@ -137,3 +141,43 @@ def layer_stats_table(hw: HeadWeights, layers: Iterable[int] | None = None) -> p
     layers = list(range(hw.n_layers)) if layers is None else list(layers)
     rows = [dict(zip(("mean", "std"), layer_ov_stats(hw, la), strict=True)) for la in layers]
     return pd.DataFrame(rows, index=pd.Index(layers, name="layer"))
+
+
+def run_random_baseline(
+    lm: LoadedModel,
+    relations: list[Relation],
+    out: str | Path | None,
+    *,
+    layers: list[int] | None = None,
+    seed: int = 0,
+    k: int | None = None,
+    embedding: str = "paper",
+    recompute: bool = False,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Scores of random W_VO with each layer's statistics (SCORE_COLUMNS), cached at `out`."""
+    layers = list(range(lm.hw.n_layers)) if layers is None else layers
+    tokenized = scorable(relations, lm.tokenizer)
+    params = {"model": lm.info(), "relations": [r.sha256 for r in relations], "layers": layers}
+    params |= {"k": k, "embedding": embedding, "seed": seed}
+
+    def compute() -> Computed:
+        stats = KernelStats()
+        df = random_scores(
+            lm.hw,
+            tokenized,
+            layers=layers,
+            seed=seed,
+            k=k,
+            embedding=embedding,
+            progress=progress,
+            stats=stats,
+        )
+        return df, {"model": lm.info(), "kernel": asdict(stats)}
+
+    rules = protocol(k) | {
+        "random_heads": "per layer, as many d x d matrices as heads, i.i.d. normal entries with the "
+        "mean and std of the layer's W_VO entries; each layer seeded on its own",
+    }
+    path = None if out is None else table_path(out, "baseline_random_scores.csv")
+    return cached_table(path, params, compute, recompute=recompute, protocol=rules)
