@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # mapslib, when not pip-installed
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_models, for tests in subfolders
 
 from tiny_models import ARCHS, tiny_model
 
-from mapslib.adapters import HeadWeights
+from mapslib.foundation.adapters import HeadWeights
 
 
 @pytest.fixture(params=ARCHS)
@@ -35,7 +36,7 @@ def hw(model) -> HeadWeights:
 @pytest.fixture(scope="session")
 def smollm2():
     """SmolLM2-135M (the real default model), loaded once per session; read-only."""
-    from mapslib.models import load_model
+    from mapslib.foundation.models import load_model
 
     return load_model("smollm2-135m", device="cpu")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mapslib.book import run_chapter
+from mapslib.report.book import run_chapter
 
 MODEL = "smollm2-135m"
 FOLDER = Path(__file__).resolve().parent / "notebooks" / MODEL

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mapslib.cli import main
-from mapslib.scores import SCORE_COLUMNS
+from mapslib.relation_map.scores import SCORE_COLUMNS
 
 
 @pytest.mark.slow
@@ -196,9 +196,9 @@ def test_describe_against_a_local_server(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`salient --describe` end to end, the LLM being a local chat-completions server."""
-    from test_describe import KEY, FakeServer
+    from fake_llm import KEY, FakeServer
 
-    from mapslib.models import cache_root
+    from mapslib.foundation.models import cache_root
 
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "models").symlink_to(

@@ -8,6 +8,8 @@ cached per (name, dtype): treat them as read-only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 import torch
@@ -136,3 +138,47 @@ def token_ids(batch: int = 2, seq_len: int = SEQ_LEN, seed: int = 0) -> torch.Te
     """Random token ids (batch, seq_len) from a fixed seed."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (batch, seq_len), generator=gen)
+
+
+@contextmanager
+def softmax_in_model_dtype() -> Iterator[None]:
+    """Let eager attention's softmax run in float64 for float64 models, for exact path comparisons.
+
+    transformers' eager attention (every family here but GPT-2) calls
+    `softmax(scores, dtype=torch.float32)`: for a float64 model that rounds every attention weight to
+    float32. Two paths whose float64 scores differ only by summation order (1e-16; a prefix cache
+    versus a full forward, different batch shapes) can then round a weight to neighbouring float32
+    values, and that 2^-24 relative step reaches the outputs. Inside this context the softmax keeps
+    float64, so such paths must agree to float64 rounding; outside it they agree to float32 rounding.
+    """
+    original = torch.nn.functional.softmax
+
+    def softmax(x, dim=None, _stacklevel=3, dtype=None):
+        if dtype is torch.float32 and x.dtype == torch.float64:
+            dtype = None
+        return original(x, dim=dim, _stacklevel=_stacklevel, dtype=dtype)
+
+    torch.nn.functional.softmax = softmax
+    try:
+        yield
+    finally:
+        torch.nn.functional.softmax = original
+
+
+# Agreement of two forward paths over the same float64 model.
+# Softmax in float64 (`softmax_in_model_dtype`): only summation order differs, each step adds a few
+# float64 ulps (1e-16) relative to the values' scale; 1e-9 leaves six orders of magnitude of margin.
+PATHS_FLOAT64 = dict(rtol=1e-9, atol=1e-9)
+
+
+def paths_float32_tol(expected: torch.Tensor) -> dict[str, float]:
+    """Tolerance for two paths through transformers' own float32 softmax (see above).
+
+    One weight may round to the neighbouring float32 value (relative 2^-24 = 6e-8); a row's weights
+    sum to 1, so z moves by at most ~2^-24 * max|v| per layer, and the tiny models' two layers and
+    their norms amplify that little (measured on AMD EPYC, 1 and 2 threads: at most 2.3 ulps of the output's
+    scale). Bound: 256 float32 ulps of the largest |expected| entry, absolute; no relative part,
+    because entries near zero carry the same absolute error.
+    """
+    scale = float(expected.abs().max())
+    return dict(rtol=0.0, atol=256 * torch.finfo(torch.float32).eps * scale)

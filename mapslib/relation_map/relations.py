@@ -23,7 +23,7 @@ import pandas as pd
 from mapslib.errors import RelationFileError, UnknownRelation
 from mapslib.foundation.io import sha256_file
 
-DATA_DIR = Path(__file__).parent / "data" / "relations"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "relations"
 MIN_PAIRS = 30
 CATEGORIES = ("algorithmic", "knowledge", "linguistic", "translation")
 logger = logging.getLogger(__name__)

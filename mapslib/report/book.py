@@ -22,7 +22,7 @@ from mapslib.errors import BadArgument, MapsError
 from mapslib.foundation.io import write_text
 from mapslib.foundation.models import ALIASES, DEFAULT_MODEL, model_slug
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 BOOK = ROOT / "book"
 logger = logging.getLogger(__name__)

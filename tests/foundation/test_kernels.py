@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mapslib.kernels import Blocks, KernelStats, Unembedding, count_outside, topk_rows
+from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside, topk_rows
 
 
 def _problem(n: int, r: int, d: int, v: int, seed: int = 0) -> tuple[torch.Tensor, ...]:

@@ -5,19 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from test_ablation import _static
-from test_dynamic import WordTokenizer
+from helpers import WordTokenizer, static_table
 from tiny_models import tiny_model
 
-from mapslib.adapters import HeadWeights
-from mapslib.multitoken import (
+from mapslib.behaviour.multitoken import (
     MIN_MULTI_PAIRS,
     multi_token_counts,
     multi_token_experiment,
     multi_token_pairs,
     multi_token_relations,
 )
-from mapslib.relations import Relation, TokenizedRelation
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.relation_map.relations import Relation, TokenizedRelation
 
 
 def _relation(name: str, pairs: list[tuple[str, str]]) -> Relation:
@@ -63,7 +62,7 @@ def test_multi_token_experiment_puts_both_correlations_side_by_side():
     rel = _relation("rel", pairs)
     single = [_single(rel)]
     multi = multi_token_relations([rel], WordTokenizer(), single)
-    static = _static({"rel": [(1, 0), (0, 2), (1, 3)]}, hw.n_layers, hw.n_heads)
+    static = static_table({"rel": [(1, 0), (0, 2), (1, 3)]}, hw.n_layers, hw.n_heads)
     both = multi_token_experiment(hw, WordTokenizer(), multi, single, static)
     assert len(both) == 4  # promote / suppress x with / without context
     assert set(both["n_pairs_single"]) == {30} and set(both["n_pairs_multi"]) == {30}
@@ -77,8 +76,8 @@ def test_multi_token_experiment_puts_both_correlations_side_by_side():
 @pytest.mark.slow
 def test_smollm2_multi_token_relations():
     """With SmolLM2's tokenizer the rule keeps the paper's three relations plus work to location."""
-    from mapslib.models import load_model
-    from mapslib.relations import load_relations, scorable
+    from mapslib.foundation.models import load_model
+    from mapslib.relation_map.relations import load_relations, scorable
 
     lm = load_model("smollm2-135m", device="cpu")
     rels = load_relations()

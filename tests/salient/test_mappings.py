@@ -7,16 +7,11 @@ import torch
 from tiny_models import tiny_model
 from torch.testing import assert_close
 
-from mapslib.adapters import HeadWeights
-from mapslib.embeddings import InputEmbeddings
-from mapslib.salient import (
-    SALIENT_COLUMNS,
-    mapping_lines,
-    mapping_table,
-    saliency_scores,
-    salient_mappings,
-    top_salient,
-)
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.embeddings import InputEmbeddings
+from mapslib.foundation.tokens import shown
+from mapslib.salient.mappings import SALIENT_COLUMNS, mapping_lines, mapping_table, salient_mappings
+from mapslib.salient.saliency import saliency_scores, top_salient
 
 ARCHS = ["llama", "gpt2", "gemma3", "gpt_neox"]  # GQA, Conv1D, scaled embeddings + MQA, fused qkv
 
@@ -109,13 +104,15 @@ def test_salient_mappings_match_brute_force(suppress: bool) -> None:
         )
 
 
-def test_token_text_is_visible_and_never_crashes() -> None:
+def test_tokens_are_stored_raw_and_shown_visibly() -> None:
+    """The table holds raw token text; mapping_table shows it with glyphs; nothing crashes."""
     hw = HeadWeights(tiny_model("llama"))
     df = salient_mappings(hw, StubTokenizer(), [(1, 2)], top_tokens=hw.vocab_size, top_mappings=2)
     texts = dict(zip(df["source_id"], df["source"], strict=False))
-    assert texts[3] == "␣t3"
-    assert texts[10] == "\\n10"
-    assert texts[14] == "\\xc3"  # the raw byte, escaped
+    assert texts[3] == " t3" and texts[10] == "\n10"
+    assert texts[14] == "\\xc3"  # a partial UTF-8 byte has no string: kept as an escape
+    shown_sources = set(mapping_table(df, 1, 2)["source"])
+    assert {"␣t3", "\\n10", "\\xc3"} <= shown_sources
     assert all(isinstance(t, str) and t for t in df["target"])
 
 
@@ -125,7 +122,9 @@ def test_mapping_lines_and_table() -> None:
     lines = mapping_lines(df, 1, 1)
     assert len(lines) == 3
     first = df[df["salient_rank"] == 1]
-    assert lines[0] == f"{first['source'].iloc[0]} -> {', '.join(first['target'])}"
+    assert (
+        lines[0] == f"{shown(first['source'].iloc[0])} -> {', '.join(map(shown, first['target']))}"
+    )
     tab = mapping_table(df, 1, 1)
     assert list(tab.columns) == ["source", "saliency", "targets"]
     assert tab["saliency"].is_monotonic_decreasing
@@ -145,7 +144,7 @@ def test_zero_norm_token_has_zero_saliency() -> None:
 @pytest.mark.slow
 def test_smollm2_name_copying_head_copies() -> None:
     """Head 23.2 of SmolLM2 copies names (MODELS.md): most salient tokens map to themselves."""
-    from mapslib.models import load_model
+    from mapslib.foundation.models import load_model
 
     lm = load_model("smollm2-135m")
     hw = HeadWeights(lm.model)
@@ -154,7 +153,8 @@ def test_smollm2_name_copying_head_copies() -> None:
         lambda g: g["source_id"].iloc[0] in set(g["target_id"])
     )
     assert copied.mean() > 0.5
-    assert df["source"].str.startswith("␣").mean() > 0.5  # leading spaces are shown
+    assert df["source"].str.startswith(" ").mean() > 0.5  # raw text keeps its leading spaces
+    assert mapping_table(df, 23, 2)["source"].str.startswith("␣").mean() > 0.5  # shown visibly
 
 
 def test_salient_mappings_reuse_precomputed_saliency() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mapslib.errors import RelationFileError, UnknownRelation
-from mapslib.relations import (
+from mapslib.relation_map.relations import (
     CATEGORIES,
     DATA_DIR,
     REGISTRY,

@@ -6,40 +6,26 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_dynamic import WordTokenizer
-from tiny_models import tiny_model
+from helpers import WordTokenizer, static_table
+from tiny_models import softmax_in_model_dtype, tiny_model
 
-from mapslib.ablation import (
+from mapslib.behaviour.ablation import (
     TASK_PROMPTS,
     Task,
     TaskRunner,
     ablation_experiment,
+    ablation_summary,
     build_task,
     choose_controls,
     curve_levels,
     n_relation_heads,
     overlap,
     random_heads,
-    relation_heads,
-    summary,
+    top_relation_heads,
 )
-from mapslib.adapters import HeadWeights
-from mapslib.hooks import ablate_last, keep_masks, removal_tensor
-from mapslib.relations import Relation, TokenizedRelation
-
-
-def _static(heads: dict[str, list[tuple[int, int]]], n_layers: int, n_heads: int) -> pd.DataFrame:
-    """A static table where each relation's listed heads score 0.9, 0.8, ... and the rest 0."""
-    rows = []
-    for rel, top in heads.items():
-        for layer in range(n_layers):
-            for h in range(n_heads):
-                s = 0.9 - 0.1 * top.index((layer, h)) if (layer, h) in top else 0.0
-                for mode in ("promote", "suppress"):
-                    rows.append((layer, h, rel, mode, 10, 30, s if mode == "promote" else 0.5))
-    return pd.DataFrame(
-        rows, columns=["layer", "head", "relation", "mode", "k", "n_pairs", "score"]
-    )
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.hooks import ablate_last, keep_masks, removal_tensor
+from mapslib.relation_map.relations import Relation, TokenizedRelation
 
 
 def test_number_of_relation_heads_follows_the_protocol():
@@ -60,12 +46,12 @@ def test_number_of_relation_heads_follows_the_protocol():
 
 def test_relation_heads_are_the_top_positive_promote_scores():
     """Ordered by score, ties by position; zero scores and suppression scores never count."""
-    static = _static({"r": [(1, 2), (0, 3), (0, 1)]}, 2, 4)
+    static = static_table({"r": [(1, 2), (0, 3), (0, 1)]}, 2, 4)
     static.loc[
         (static["layer"] == 1) & (static["head"] == 0) & (static["mode"] == "promote"), "score"
     ] = 0.8
-    assert relation_heads(static, "r", 30) == [(1, 2), (0, 3), (1, 0), (0, 1)]
-    assert relation_heads(static, "r", 2) == [(1, 2), (0, 3)]
+    assert top_relation_heads(static, "r", 30) == [(1, 2), (0, 3), (1, 0), (0, 1)]
+    assert top_relation_heads(static, "r", 2) == [(1, 2), (0, 3)]
 
 
 def test_random_heads_avoid_the_relation_heads_and_are_seeded():
@@ -139,18 +125,22 @@ def test_cached_batched_accuracy_equals_full_forward():
     rel = _self_consistent_relation(model, "country_to_capital_wikidata", list(range(10, 30)))
     task = build_task(rel)
     sets = [[], [(1, 0)], [(1, 0), (1, 1)], [(0, 2), (1, 3)], [(0, h) for h in range(4)]]
-    acc = TaskRunner(hw, WordTokenizer(), task, batch_rows=7).accuracy(sets)
     ids = torch.tensor(WordTokenizer()(task.prompts)["input_ids"])
     target = torch.tensor(task.targets)
     expected = []
-    with torch.inference_mode():
+    # Two forward paths: with a float64 softmax they agree to ~1e-15, and every prediction's top-2
+    # gap is checked to be far larger, so an argmax cannot flip between them on any machine.
+    with softmax_in_model_dtype(), torch.inference_mode():
+        acc = TaskRunner(hw, WordTokenizer(), task, batch_rows=7).accuracy(sets)
         for removed in sets:
             mask = keep_masks(removal_tensor(hw, [removed] * len(task)))
             with ablate_last(hw, mask):
-                pred = model(ids).logits[:, -1].argmax(-1)
-            expected.append(float((pred == target).float().mean()))
+                logits = model(ids).logits[:, -1]
+            top2 = logits.topk(2, dim=-1).values
+            assert (top2[:, 0] - top2[:, 1]).min() > 1e-9
+            expected.append(int((logits.argmax(-1) == target).sum()) / len(task))
     assert acc[0] == 1.0
-    np.testing.assert_allclose(acc, expected, atol=1e-12)
+    np.testing.assert_array_equal(acc, expected)  # counts of equal predictions over equal n
     assert min(expected) < 1.0  # some ablation changes an answer
 
 
@@ -186,7 +176,9 @@ def test_ablation_experiment_rows_and_summary():
         names[1]: [(0, 0), (0, 1), (1, 3)],  # disjoint from capital's heads: a control
         names[2]: [(1, 0), (1, 1), (1, 2)],  # shares 2 of capital's 3 heads: not a control
     }
-    df = ablation_experiment(hw, WordTokenizer(), rels, _static(top, 2, 4), random_draws=3, step=2)
+    df = ablation_experiment(
+        hw, WordTokenizer(), rels, static_table(top, 2, 4), random_draws=3, step=2
+    )
     capital = df[df["relation"] == names[0]]
     own = capital[capital["task"] == names[0]]
     assert own[own["heads"] == "none"]["accuracy"].tolist() == [1.0]
@@ -195,7 +187,7 @@ def test_ablation_experiment_rows_and_summary():
     assert sorted(rnd["draw"].unique()) == [0, 1, 2] and set(rnd["n_removed"]) == {2, 3}
     controls = capital[capital["task"] != names[0]]
     assert set(controls["task"]) == {names[1]} and set(controls["n_removed"]) == {2, 3}
-    summ = summary(df).set_index("relation")
+    summ = ablation_summary(df).set_index("relation")
     assert summ.loc[names[0], "controls"] == names[1] and summ.loc[names[0], "status"] == "ok"
     last = own[(own["heads"] == "relation") & (own["n_removed"] == 3)]["accuracy"].iloc[0]
     assert summ.loc[names[0], "minus_relation"] == last
@@ -209,23 +201,23 @@ def test_summary_reports_skipped_relations():
         [("r", "r", "none", -1, 0, 0.05, 10)],
         columns=["relation", "task", "heads", "draw", "n_removed", "accuracy", "n_prompts"],
     )
-    s = summary(df)
+    s = ablation_summary(df)
     assert s["status"].iloc[0].startswith("skipped") and np.isnan(s["minus_relation"].iloc[0])
 
 
 @pytest.mark.slow
 def test_smollm2_capital_heads_matter_more_than_random_heads():
     """SmolLM2: removing the capital heads breaks the capital task; as many random heads do not."""
-    from mapslib.models import load_model
-    from mapslib.relations import load_relations, scorable
-    from mapslib.scores import relation_scores
+    from mapslib.foundation.models import load_model
+    from mapslib.relation_map.relations import load_relations, scorable
+    from mapslib.relation_map.scores import relation_scores
 
     lm = load_model("smollm2-135m", device="cpu")
     hw = HeadWeights(lm.model)
     rels = scorable(load_relations(["capital"]), lm.tokenizer)
     static = relation_scores(hw, rels)
     df = ablation_experiment(hw, lm.tokenizer, rels, static, random_draws=5)
-    s = summary(df).iloc[0]
+    s = ablation_summary(df).iloc[0]
     assert s["base"] > 0.5
     assert s["minus_relation"] < 0.1
     assert s["minus_random"] > s["base"] - 0.2

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mapslib.io import atomic_write, sidecar_path, write_table
-from mapslib.results import cache_key, cached_table
+from mapslib.foundation.cache import cached_table, params_key
+from mapslib.foundation.io import atomic_write, sidecar_path, write_table
 
 
 def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
@@ -48,13 +48,13 @@ def test_write_table_csv_and_json_with_sidecar(tmp_path: Path) -> None:
 
 
 def test_cached_table_reuses_only_matching_parameters(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     calls = []
 
-    def compute() -> pd.DataFrame:
+    def compute() -> tuple[pd.DataFrame, dict]:
         calls.append(1)
-        return pd.DataFrame({"v": [len(calls)]})
+        return pd.DataFrame({"v": [len(calls)]}), {"found": len(calls)}
 
     path = tmp_path / "r.csv"
     assert cached_table(path, {"a": 1, "b": (1, 2)}, compute)["v"].tolist() == [1]
@@ -64,19 +64,22 @@ def test_cached_table_reuses_only_matching_parameters(
     assert cached_table(path, {"a": 2, "b": [1, 2]}, compute)["v"].tolist() == [
         2
     ]  # changed: recomputed
-    monkeypatch.setenv("MAPSLIB_RECOMPUTE", "1")
-    assert cached_table(path, {"a": 2, "b": [1, 2]}, compute)["v"].tolist() == [3]  # forced
+    forced = cached_table(path, {"a": 2, "b": [1, 2]}, compute, recompute=True, protocol={"r": 1})
+    assert forced["v"].tolist() == [3]
     meta = json.loads(sidecar_path(path).read_text())
     assert meta["params"] == {"a": 2, "b": [1, 2]} and "mapslib" in meta["environment"]
+    assert meta["protocol"] == {"r": 1} and meta["found"] == 3 and forced.attrs["sidecar"] == meta
+    reread = cached_table(path, {"a": 2, "b": [1, 2]}, compute)
+    assert reread["v"].tolist() == [3] and reread.attrs["sidecar"] == meta  # read, not computed
 
 
 def test_cached_table_ignores_where_the_model_file_lies(tmp_path: Path) -> None:
     """A clone elsewhere (same weights, other path) reuses the table; other weights do not."""
     calls = []
 
-    def compute() -> pd.DataFrame:
+    def compute() -> tuple[pd.DataFrame, dict]:
         calls.append(1)
-        return pd.DataFrame({"v": [len(calls)]})
+        return pd.DataFrame({"v": [len(calls)]}), {"found": len(calls)}
 
     here = {"model": {"location": "/a/m.gguf", "revision": "abc"}, "k": 1}
     there = {"model": {"location": "/b/m.gguf", "revision": "abc"}, "k": 1}
@@ -84,6 +87,6 @@ def test_cached_table_ignores_where_the_model_file_lies(tmp_path: Path) -> None:
     path = tmp_path / "r.csv"
     assert cached_table(path, here, compute)["v"].tolist() == [1]
     assert cached_table(path, there, compute)["v"].tolist() == [1]
-    assert cache_key(here) == cache_key(there) != cache_key(other)
+    assert params_key(here) == params_key(there) != params_key(other)
     assert cached_table(path, other, compute)["v"].tolist() == [2]
     assert json.loads(sidecar_path(path).read_text())["params"]["model"]["location"] == "/a/m.gguf"

@@ -7,8 +7,9 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from mapslib.adapters import HeadWeights
-from mapslib.baseline import (
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.embeddings import InputEmbeddings
+from mapslib.relation_map.baseline import (
     baseline_table,
     heads_over_tau,
     layer_ov_stats,
@@ -18,9 +19,8 @@ from mapslib.baseline import (
     random_ov,
     random_scores,
 )
-from mapslib.embeddings import InputEmbeddings
-from mapslib.relations import Relation, TokenizedRelation
-from mapslib.scores import SCORE_COLUMNS
+from mapslib.relation_map.relations import Relation, TokenizedRelation
+from mapslib.relation_map.scores import SCORE_COLUMNS
 
 
 def relation(name: str, src: list[int], dst: list[int]) -> TokenizedRelation:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from mapslib.display import _escape, token_text, token_texts
+from mapslib.foundation.tokens import shown, token_raw, token_text, token_texts
 
 
-def test_escape_makes_whitespace_and_controls_visible() -> None:
-    assert _escape(" Paris") == "␣Paris"
-    assert _escape("a\nb\tc") == "a\\nb\\tc"
-    assert _escape("\x00\x7f") == "\\x00\\x7f"
-    assert _escape("é中") == "é中"
+def test_shown_makes_whitespace_and_controls_visible() -> None:
+    assert shown(" Paris") == "␣Paris"
+    assert shown("a\nb\tc") == "a\\nb\\tc"
+    assert shown("\x00\x7f") == "\\x00\\x7f"
+    assert shown("é中") == "é中"
 
 
 @pytest.mark.slow
@@ -22,7 +22,9 @@ def test_every_smollm2_token_renders(smollm2) -> None:
     assert len(texts) == len(tok)
     assert not [t for t in texts if "\ufffd" in t or t == ""]
     paris = tok(" Paris", add_special_tokens=False)["input_ids"][0]
-    assert token_text(tok, paris) == "␣Paris"
+    assert token_text(tok, paris) == "␣Paris" and token_raw(tok, paris) == " Paris"
+    newline = tok("\n", add_special_tokens=False)["input_ids"][0]
+    assert token_raw(tok, newline) == "\n" and token_text(tok, newline) == "\\n"
     # byte-level pieces of multi-byte characters come out as escaped bytes
     partial = [t for t in texts if t.startswith("\\x")]
     assert partial, "SmolLM2's byte-level vocabulary has partial UTF-8 tokens"

@@ -8,8 +8,8 @@ import jupytext
 import pytest
 import yaml
 
-from mapslib import book
 from mapslib.errors import BadArgument
+from mapslib.report import book
 
 
 def test_every_chapter_is_paired_and_in_sync() -> None:

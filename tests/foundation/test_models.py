@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from mapslib.errors import BadArgument, UnknownModel
-from mapslib.models import ALIASES, _quantization_from_name, load_model, model_slug, resolve_device
+from mapslib.foundation.models import (
+    ALIASES,
+    _quantization_from_name,
+    load_model,
+    model_slug,
+    resolve_device,
+)
 
 
 def test_slugs_are_folder_safe() -> None:
@@ -105,9 +111,9 @@ def test_aliases_point_at_installed_packages() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_scores_agree_on_cuda(smollm2) -> None:
     """The same code on CUDA gives the CPU scores (this machine has no GPU: skipped here)."""
-    from mapslib.adapters import HeadWeights
-    from mapslib.relations import load_relations, scorable
-    from mapslib.scores import relation_scores
+    from mapslib.foundation.adapters import HeadWeights
+    from mapslib.relation_map.relations import load_relations, scorable
+    from mapslib.relation_map.scores import relation_scores
 
     rels = scorable(load_relations(["names", "capital"]), smollm2.tokenizer)
     cpu = relation_scores(HeadWeights(smollm2.model), rels, layers=[23])

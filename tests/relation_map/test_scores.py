@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mapslib.adapters import HeadWeights
-from mapslib.embeddings import embedding_kind
 from mapslib.errors import BadArgument, TooFewPairs
-from mapslib.relations import Relation, TokenizedRelation
-from mapslib.scores import SCORE_COLUMNS, default_k, parse_layers, relation_scores
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.embeddings import embedding_kind
+from mapslib.foundation.heads import parse_layers
+from mapslib.relation_map.relations import Relation, TokenizedRelation
+from mapslib.relation_map.scores import SCORE_COLUMNS, default_k, relation_scores
 
 
 def synthetic_relation(
@@ -106,9 +107,9 @@ def test_no_relations_is_a_clear_error() -> None:
 @pytest.mark.slow
 def test_smollm2_scores_match_naive_topk(smollm2, smollm2_hw: HeadWeights) -> None:
     """On the real model: every head of two layers, every scored relation, against rows built naively."""
-    from mapslib.embeddings import InputEmbeddings
-    from mapslib.relations import load_relations, scorable
-    from mapslib.scores import relation_k
+    from mapslib.foundation.embeddings import InputEmbeddings
+    from mapslib.relation_map.relations import load_relations, scorable
+    from mapslib.relation_map.scores import relation_k
 
     hw = smollm2_hw
     rels = scorable(load_relations(), smollm2.tokenizer, log=lambda _: None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from mapslib.labeller import (
+from mapslib.salient.labeller import (
     DETECTORS,
     compare_with_llm,
     example_heads,
@@ -22,7 +22,6 @@ from mapslib.labeller import (
     label_counts_by_layer,
     label_heads,
     names_operation,
-    raw_text,
     source_hits,
 )
 
@@ -76,14 +75,8 @@ def test_detectors(rule, yes, no) -> None:
         assert not rule(s, t), (s, t)
 
 
-def test_raw_text_undoes_visible_spaces() -> None:
-    assert (
-        raw_text("␣Paris") == " Paris" and raw_text("\\n") == "\n" and raw_text("\\xc3") == "\\xc3"
-    )
-
-
 def test_source_hits_any_target() -> None:
-    hits = source_hits("␣water", ["␣sea", "␣Water", "w"])
+    hits = source_hits(" water", [" sea", " Water", "w"])
     assert hits["capitalisation"] and hits["copying"] and hits["first letter"]
     assert not hits["plural"] and set(hits) == set(DETECTORS)
 
@@ -110,10 +103,10 @@ def salient_table(heads: dict[tuple[int, int], list[tuple[str, list[str]]]]) -> 
 
 
 HEADS = {
-    (0, 0): [("␣John", ["␣John", "John"]), ("␣Mary", ["Mary", "␣x"]), ("␣cat", ["␣dog", "␣y"])],
-    (0, 1): [("␣water", ["␣Water", "␣x"]), ("␣big", ["␣Big", "q"]), ("␣sea", ["␣Sea", "z"])],
-    (1, 0): [("␣qq", ["␣zz", "␣ww"]), ("␣rr", ["␣tt", "␣uu"]), ("␣ss", ["␣vv", "␣yy"])],
-    (1, 1): [("␣1999", ["␣2000", "␣x"]), ("␣41", ["␣42", "y"]), ("␣7", ["␣7", "␣9"])],
+    (0, 0): [(" John", [" John", "John"]), (" Mary", ["Mary", " x"]), (" cat", [" dog", " y"])],
+    (0, 1): [(" water", [" Water", " x"]), (" big", [" Big", "q"]), (" sea", [" Sea", "z"])],
+    (1, 0): [(" qq", [" zz", " ww"]), (" rr", [" tt", " uu"]), (" ss", [" vv", " yy"])],
+    (1, 1): [(" 1999", [" 2000", " x"]), (" 41", [" 42", "y"]), (" 7", [" 7", " 9"])],
 }
 
 

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import VOCAB, token_ids
+from helpers import attention_io, hand_z
+from tiny_models import (
+    PATHS_FLOAT64,
+    VOCAB,
+    paths_float32_tol,
+    softmax_in_model_dtype,
+    token_ids,
+)
 from torch.testing import assert_close
 
-from mapslib.adapters import HeadWeights
-from mapslib.dynamic import no_context_z
-from mapslib.hooks import (
+from mapslib.behaviour.correlation import no_context_z
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.hooks import (
     ablate_last,
     capture_last,
     common_prefix,
@@ -20,50 +27,19 @@ from mapslib.hooks import (
     select_rows,
 )
 
+# One forward path read two ways (hooks against the hand computation from the same forward's
+# attention weights): the same float64 numbers in another summation order, so 1e-9 is ample.
 TOL = dict(rtol=1e-9, atol=1e-10)
-
-
-def _attention_io(model, hw: HeadWeights, ids: torch.Tensor, keep: dict | None = None):
-    """One forward with patterns: per layer the attention input X and output, and A."""
-    xs, outs, handles = {}, {}, []
-    for layer in range(hw.n_layers):
-        attn = hw.attention(layer)
-
-        def grab_x(_m, args, kwargs, layer=layer):
-            xs[layer] = args[0] if args else kwargs["hidden_states"]
-
-        def grab_out(_m, _args, out, layer=layer):
-            outs[layer] = out[0] if isinstance(out, tuple) else out
-
-        handles.append(attn.register_forward_pre_hook(grab_x, with_kwargs=True))
-        handles.append(attn.register_forward_hook(grab_out))
-    try:
-        if keep is None:
-            result = model(ids, output_attentions=True)
-        else:
-            with ablate_last(hw, keep):
-                result = model(ids, output_attentions=True)
-    finally:
-        for h in handles:
-            h.remove()
-    return xs, outs, result.attentions, result.logits
-
-
-def _hand_z(hw: HeadWeights, layer: int, X: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """z of every head at every position from the weights: sum_j A[h,i,j] (X_j W_V + b_V)."""
-    values = torch.einsum("btd,kde->bkte", X, hw.W_V(layer)) + hw.b_V(layer)[None, :, None, :]
-    kv = [hw.kv_head(h) for h in range(hw.n_heads)]
-    return A @ values[:, kv]  # (batch, head, pos, d_head)
 
 
 def test_captured_head_outputs_equal_hand_computation(model, hw: HeadWeights):
     """x and z captured at the last position equal the attention input and sum_j A (X W_V + b_V)."""
     ids = token_ids()
     with capture_last(hw) as seen:
-        xs, _, attentions, _ = _attention_io(model, hw, ids)
+        xs, _, attentions, _ = attention_io(model, hw, ids)
     for layer in range(hw.n_layers):
         assert_close(seen.inputs(layer), xs[layer][:, -1], **TOL)
-        z = _hand_z(hw, layer, xs[layer], attentions[layer])[:, :, -1]  # (batch, head, d_head)
+        z = hand_z(hw, layer, xs[layer], attentions[layer])[:, :, -1]  # (batch, head, d_head)
         assert_close(seen.heads_z(layer), z, **TOL)
         y = torch.einsum("bhe,hed->bhd", seen.heads_z(layer), hw.W_O(layer))
         assert y.abs().max() > 1e-3  # head outputs are not trivially zero
@@ -107,10 +83,10 @@ def test_ablation_removes_exactly_the_heads_contribution_at_the_last_position(
     """Zeroing head h changes its attention layer's output by -z_h W_O[h] at the last position only."""
     ids = token_ids()
     layer, head = hw.n_layers - 1, 1
-    xs, clean, attentions, _ = _attention_io(model, hw, ids)
+    xs, clean, attentions, _ = attention_io(model, hw, ids)
     keep = keep_masks(removal_tensor(hw, [[(layer, head)]] * ids.shape[0]))
-    _, ablated, _, _ = _attention_io(model, hw, ids, keep)
-    z = _hand_z(hw, layer, xs[layer], attentions[layer])[:, head, -1]
+    _, ablated, _, _ = attention_io(model, hw, ids, keep)
+    z = hand_z(hw, layer, xs[layer], attentions[layer])[:, head, -1]
     contribution = z @ hw.W_O(layer)[head]
     diff = ablated[layer] - clean[layer]
     assert_close(diff[:, -1], -contribution, **TOL)
@@ -124,16 +100,16 @@ def test_ablation_in_an_early_layer_leaves_earlier_positions_of_later_layers(
 ):
     """A last-position ablation cannot reach other positions (causal attention) in any layer."""
     ids = token_ids()
-    _, clean, _, logits = _attention_io(model, hw, ids)
-    _, ablated, _, logits_ab = _attention_io(model, hw, ids, {0: torch.zeros(hw.n_heads)})
+    _, clean, _, logits = attention_io(model, hw, ids)
+    _, ablated, _, logits_ab = attention_io(model, hw, ids, {0: torch.zeros(hw.n_heads)})
     for layer in range(hw.n_layers):
         assert_close(ablated[layer][:, :-1], clean[layer][:, :-1], rtol=0, atol=0)
     assert (logits_ab[:, -1] - logits[:, -1]).abs().max() > 1e-6
     assert_close(logits_ab[:, :-1], logits[:, :-1], rtol=0, atol=0)
 
 
-def test_cached_last_token_equals_full_forward(model, hw: HeadWeights):
-    """prefill + extend on the last token gives the full forward's logits, clean and ablated per row."""
+def _cached_against_full(model, hw: HeadWeights):
+    """Logits of prefill + extend on the last token and of full forwards, clean and ablated per row."""
     ids = token_ids(batch=3)
     removed = [[], [(0, 1)], [(0, 1), (hw.n_layers - 1, 2)]]
     with torch.inference_mode():
@@ -146,14 +122,26 @@ def test_cached_last_token_equals_full_forward(model, hw: HeadWeights):
         with ablate_last(hw, keep_masks(removal_tensor(hw, rows))):
             cached = extend(model, ids[index, -1:], select_rows(cache, index), logits=True)
         again = extend(model, ids[:, -1:], select_rows(cache, torch.arange(3)), logits=True)
-    assert_close(cached[:3], full, rtol=1e-9, atol=1e-9)
-    assert_close(cached[3:], full_ablated, rtol=1e-9, atol=1e-9)
-    assert_close(again, full, rtol=1e-9, atol=1e-9)  # the prefix cache was not mutated
-    assert (full_ablated[1:] - full[1:]).abs().max() > 1e-6
+    assert (full_ablated[1:] - full[1:]).abs().max() > 1e-6  # the ablation changes something
+    expected = torch.cat([full, full_ablated, full])
+    return torch.cat([cached, again]), expected  # `again`: the prefix cache was not mutated
 
 
-def test_shared_prefix_then_suffix_equals_full_forward(model, hw: HeadWeights):
-    """Captures after a one-row prefix expanded to many rows equal those of a full forward."""
+def test_cached_last_token_equals_full_forward(model, hw: HeadWeights):
+    """prefill + extend gives the full forward's logits to float64 rounding (softmax in float64)."""
+    with softmax_in_model_dtype():
+        got, expected = _cached_against_full(model, hw)
+    assert_close(got, expected, **PATHS_FLOAT64)
+
+
+def test_cached_last_token_equals_full_forward_float32_softmax(model, hw: HeadWeights):
+    """With transformers' own float32 softmax the paths agree to float32 rounding."""
+    got, expected = _cached_against_full(model, hw)
+    assert_close(got, expected, **paths_float32_tol(expected))
+
+
+def _prefix_against_full(model, hw: HeadWeights):
+    """Captures after a one-row prefix expanded to four rows, and those of one full forward."""
     ids = token_ids(batch=4)
     ids[:, :5] = ids[0, :5]  # a shared 5-token prefix, different last 4 tokens
     c = common_prefix(ids)
@@ -164,9 +152,25 @@ def test_shared_prefix_then_suffix_equals_full_forward(model, hw: HeadWeights):
         cache = prefill(model, ids[:1, :c])
         with capture_last(hw) as cached:
             extend(model, ids[:, c:], select_rows(cache, torch.zeros(4, dtype=torch.long)))
-    for layer in range(hw.n_layers):
-        assert_close(cached.inputs(layer), full.inputs(layer), rtol=1e-9, atol=1e-9)
-        assert_close(cached.heads_z(layer), full.heads_z(layer), rtol=1e-9, atol=1e-9)
+    layers = range(hw.n_layers)
+    got = [t for la in layers for t in (cached.inputs(la), cached.heads_z(la))]
+    expected = [t for la in layers for t in (full.inputs(la), full.heads_z(la))]
+    return got, expected
+
+
+def test_shared_prefix_then_suffix_equals_full_forward(model, hw: HeadWeights):
+    """Captures through a shared prefix cache equal a full forward's to float64 rounding."""
+    with softmax_in_model_dtype():
+        got, expected = _prefix_against_full(model, hw)
+    for g, e in zip(got, expected, strict=True):
+        assert_close(g, e, **PATHS_FLOAT64)
+
+
+def test_shared_prefix_then_suffix_float32_softmax(model, hw: HeadWeights):
+    """With transformers' own float32 softmax the captures agree to float32 rounding."""
+    got, expected = _prefix_against_full(model, hw)
+    for g, e in zip(got, expected, strict=True):
+        assert_close(g, e, **paths_float32_tol(e))
 
 
 def test_common_prefix_and_keep_masks(hw: HeadWeights):

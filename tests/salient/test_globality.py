@@ -8,10 +8,11 @@ import scipy.stats
 import torch
 from tiny_models import tiny_model
 
-from mapslib.adapters import HeadWeights
-from mapslib.embeddings import InputEmbeddings
 from mapslib.errors import BadArgument
-from mapslib.globality import (
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.embeddings import InputEmbeddings
+from mapslib.foundation.kernels import Blocks
+from mapslib.salient.globality import (
     SPACE_COLUMNS,
     argmax_targets,
     capitalised_form,
@@ -28,8 +29,7 @@ from mapslib.globality import (
     shlosser,
     space_stats,
 )
-from mapslib.kernels import Blocks
-from mapslib.salient import saliency_scores
+from mapslib.salient.saliency import saliency_scores
 
 
 def brute_targets(hw: HeadWeights, layer: int, head: int) -> torch.Tensor:

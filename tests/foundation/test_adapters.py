@@ -14,9 +14,9 @@ from tiny_models import PARALLEL, build, tiny_config, token_ids, unsupported_mod
 from torch.testing import assert_close
 from transformers.models.llama.modeling_llama import repeat_kv
 
-from mapslib.adapters import FAMILIES, HeadWeights
 from mapslib.errors import UnsupportedArchitecture
-from mapslib.models import check_supported
+from mapslib.foundation.adapters import FAMILIES, HeadWeights
+from mapslib.foundation.models import check_supported
 
 TOL = dict(rtol=1e-9, atol=1e-10)
 # Families whose value projection has a bias; the tiny models give it random non-zero values.

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_hooks import _attention_io, _hand_z
-from tiny_models import VOCAB, tiny_model
+from helpers import WordTokenizer, attention_io, hand_z, prompt_of
+from tiny_models import PATHS_FLOAT64, VOCAB, softmax_in_model_dtype, tiny_model
 
-from mapslib.adapters import HeadWeights
-from mapslib.dynamic import (
+from mapslib.behaviour.correlation import (
     DYNAMIC_COLUMNS,
     SETTINGS,
     TEMPLATES,
@@ -21,41 +18,23 @@ from mapslib.dynamic import (
     correlations_by_map,
     dynamic_scores,
     last_position_states,
-    paper_table,
     parse_templates,
     pearson,
     src_prompt,
 )
-from mapslib.relations import Relation, TokenizedRelation
-
-
-class WordTokenizer:
-    """A stand-in tokenizer: `w17` is token 17, any other word a fixed id from its CRC32; no specials."""
-
-    def __call__(self, texts: list[str], add_special_tokens: bool = True) -> dict:
-        return {"input_ids": [[_word_id(w) for w in t.replace(";", " ").split()] for t in texts]}
-
-
-def _word_id(word: str) -> int:
-    return (
-        int(word[1:])
-        if word[:1] == "w" and word[1:].isdigit()
-        else zlib.crc32(word.encode()) % VOCAB
-    )
-
-
-def _prompt(ids: list[int]) -> str:
-    return " ".join(f"w{i}" for i in ids)
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.relation_map.relations import Relation, TokenizedRelation
+from mapslib.report.tables import correlation_beside_paper
 
 
 def _brute_force(model, hw: HeadWeights, prompt: list[int], target: int) -> dict:
     """Rank of `target` in every head's y U at the last position, both settings, by hand."""
     ids = torch.tensor([prompt])
-    xs, _, attentions, _ = _attention_io(model, hw, ids)
+    xs, _, attentions, _ = attention_io(model, hw, ids)
     U = hw.unembedding()
     out = {}
     for layer in range(hw.n_layers):
-        z = _hand_z(hw, layer, xs[layer], attentions[layer])[0, :, -1]  # (head, d_head)
+        z = hand_z(hw, layer, xs[layer], attentions[layer])[0, :, -1]  # (head, d_head)
         v = torch.einsum("d,kde->ke", xs[layer][0, -1], hw.W_V(layer)) + hw.b_V(layer)
         for h in range(hw.n_heads):
             for setting, zh in (("context", z[h]), ("no_context", v[hw.kv_head(h)])):
@@ -82,7 +61,7 @@ def test_dynamic_scores_equal_brute_force(name: str):
                     3, VOCAB, (int(torch.randint(1, 3, (1,), generator=gen)),), generator=gen
                 )
                 target = int(torch.randint(0, VOCAB, (1,), generator=gen))
-                rows.append((rel, template, _prompt(prefix + src.tolist()), target, k))
+                rows.append((rel, template, prompt_of(prefix + src.tolist()), target, k))
     rows = pd.DataFrame(rows, columns=["relation", "template", "prompt", "target", "k"])
     # make one head's targets its own top token, so some scores are 1
     ranks = []
@@ -115,14 +94,14 @@ def test_dynamic_score_is_one_when_the_target_is_the_heads_top_token():
     U = hw.unembedding()
     targets = []
     for p in prompts:
-        xs, _, attentions, _ = _attention_io(model, hw, torch.tensor([p]))
-        z = _hand_z(hw, 0, xs[0], attentions[0])[0, 1, -1]
+        xs, _, attentions, _ = attention_io(model, hw, torch.tensor([p]))
+        z = hand_z(hw, 0, xs[0], attentions[0])[0, 1, -1]
         targets.append(int((z @ hw.W_O(0)[1] @ U).argmax()))
     rows = pd.DataFrame(
         {
             "relation": "r",
             "template": 0,
-            "prompt": [_prompt(p) for p in prompts],
+            "prompt": [prompt_of(p) for p in prompts],
             "target": targets,
             "k": 1,
         }
@@ -136,14 +115,16 @@ def test_last_position_states_keep_prompt_order(model, hw: HeadWeights):
     """States from grouped, prefix-cached batches equal one full forward per prompt, in input order."""
     prompts = [[3, 4, 5, 6], [3, 4, 9], [3, 4, 5, 7], [8, 4, 9], [3, 4, 10]]
     groups = [0, 0, 0, 1, 0]
-    x, z = last_position_states(hw, WordTokenizer(), [_prompt(p) for p in prompts], groups, 2)
+    with softmax_in_model_dtype():  # two forward paths: exact only with a float64 softmax
+        x, z = last_position_states(hw, WordTokenizer(), [prompt_of(p) for p in prompts], groups, 2)
+        full = [attention_io(model, hw, torch.tensor([p])) for p in prompts]
     assert x.shape == (hw.n_layers, len(prompts), hw.d_model)
-    for i, p in enumerate(prompts):
-        xs, _, attentions, _ = _attention_io(model, hw, torch.tensor([p]))
+    for i, _ in enumerate(prompts):
+        xs, _, attentions, _ = full[i]
         for layer in range(hw.n_layers):
-            torch.testing.assert_close(x[layer, i], xs[layer][0, -1], rtol=1e-9, atol=1e-9)
-            hand = _hand_z(hw, layer, xs[layer], attentions[layer])[0, :, -1]
-            torch.testing.assert_close(z[layer, i], hand, rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(x[layer, i], xs[layer][0, -1], **PATHS_FLOAT64)
+            hand = hand_z(hw, layer, xs[layer], attentions[layer])[0, :, -1]
+            torch.testing.assert_close(z[layer, i], hand, **PATHS_FLOAT64)
 
 
 def test_prompts_are_cut_after_the_source():
@@ -228,7 +209,7 @@ def test_correlations_repeat_the_static_score_per_template():
     assert row["static_nonzero"] == 8 and row["dynamic_nonzero"] == 10
     sup = corr[corr["mode"] == "suppress"]
     assert sup["r"].isna().all() and (sup["note"] == "dynamic scores constant over heads").all()
-    table = paper_table(corr, "promote", "ours", "paper")
+    table = correlation_beside_paper(corr, "promote", "ours", "paper")
     assert table.index.tolist() == [("linguistic", "Word to antonym")]
     assert table[("paper", "r w/o context")].iloc[0] == 0.90
     assert table[("ours", "r w/ context")].iloc[0] == pytest.approx(expected)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from mapslib import summary
+from mapslib.relation_map import summary
+from mapslib.report.tables import known_scores
 
 
 def _scores() -> pd.DataFrame:
@@ -32,8 +33,8 @@ def _scores() -> pd.DataFrame:
     )
 
 
-def test_relation_heads() -> None:
-    rh = summary.relation_heads(_scores()).set_index(["relation", "mode"])
+def test_relation_overview() -> None:
+    rh = summary.relation_overview(_scores()).set_index(["relation", "mode"])
     assert rh.loc[("name_copying", "promote"), "heads_over_tau"] == 3
     assert rh.loc[("name_copying", "promote"), "best_head"] == "1.0"
     assert rh.loc[("country_to_capital_wikidata", "suppress"), "heads_over_tau"] == 1
@@ -87,7 +88,7 @@ def test_group_sharing_counts_pairs() -> None:
 def test_score_grid_and_known_scores() -> None:
     grid = summary.score_grid(_scores(), "name_copying")
     assert grid.shape == (2, 4) and grid.loc[1, 0] == pytest.approx(0.9)
-    known = summary.known_scores(_scores(), "smollm2-135m")
+    known = known_scores(_scores(), "smollm2-135m")
     assert (
         list(known["head"]) == ["23.2", "23.3"] and known["computed"].isna().all()
     )  # not in this table
