@@ -34,10 +34,10 @@ unit: setup
 	$(BIN)/python -m pytest -q tests
 
 # nbval re-executes copies of the committed executed notebooks (so their data/ is not rewritten) and
-# compares every text output with the committed one; MAPSLIB_RECOMPUTE=1 makes them recompute.
+# compares every text output with the committed one; _build/nbval/data starts empty, so every table is recomputed.
 nbval: setup
 	rm -rf _build/nbval && mkdir -p _build/nbval && cp $$(grep -v '^#' tests/nbval_notebooks.txt) _build/nbval/
-	MAPSLIB_RECOMPUTE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
+	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 900 _build/nbval
 
 test: lint unit nbval

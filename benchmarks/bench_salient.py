@@ -23,22 +23,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mapslib.adapters import HeadWeights
-from mapslib.baseline import baseline_table, random_scores
-from mapslib.embeddings import InputEmbeddings
-from mapslib.globality import (
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.embeddings import InputEmbeddings
+from mapslib.foundation.io import environment, write_json
+from mapslib.foundation.kernels import KernelStats
+from mapslib.foundation.models import load_model
+from mapslib.relation_map.baseline import baseline_table, random_scores
+from mapslib.relation_map.relations import load_relations, scorable
+from mapslib.relation_map.scores import relation_scores
+from mapslib.salient.globality import (
     argmax_targets,
     normalized_unembedding_rows,
     output_space,
     sample_sources,
     space_stats,
 )
-from mapslib.io import environment, write_json
-from mapslib.kernels import KernelStats
-from mapslib.models import load_model
-from mapslib.relations import load_relations, scorable
-from mapslib.salient import saliency_scores
-from mapslib.scores import relation_scores
+from mapslib.salient.saliency import saliency_scores
 
 VALIDATE_HEADS = [(2, 4), (14, 5), (23, 2), (23, 6), (28, 0)]
 

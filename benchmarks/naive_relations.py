@@ -12,11 +12,11 @@ import sys
 import pandas as pd
 import torch
 
-from mapslib.adapters import HeadWeights
-from mapslib.embeddings import InputEmbeddings
-from mapslib.models import load_model
-from mapslib.relations import load_relations, scorable
-from mapslib.scores import SCORE_COLUMNS, relation_k
+from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.embeddings import InputEmbeddings
+from mapslib.foundation.models import load_model
+from mapslib.relation_map.relations import load_relations, scorable
+from mapslib.relation_map.scores import SCORE_COLUMNS, relation_k
 
 
 def naive_scores(hw: HeadWeights, relations: list) -> pd.DataFrame:

@@ -51,24 +51,20 @@ top_k = 5
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from mapslib.adapters import HeadWeights
-from mapslib.display import notebook_setup
-from mapslib.mappings import (
+from mapslib.foundation.heads import parse_head
+from mapslib.relation_map.relations import load_relations, scorable
+from mapslib.relation_map.scores import TAU, relation_k, relation_scores, scores_by_k
+from mapslib.relation_map.summary import strongest_head
+from mapslib.report.display import open_chapter
+from mapslib.salient.mappings import (
     mapping_strings,
     mappings_by_embedding,
     ov_summary,
-    parse_head,
     single_tokens,
     top_mappings,
 )
-from mapslib.models import load_model
-from mapslib.relations import load_relations, scorable
-from mapslib.scores import TAU, relation_k, relation_scores, scores_by_k
-from mapslib.summary import strongest_head
 
-notebook_setup()
-lm = load_model(model, device=device)
-hw = HeadWeights(lm.model)
+lm, hw, name = open_chapter(model, device)
 
 # %% [markdown]
 # ## The model's dimensions

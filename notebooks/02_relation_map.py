@@ -35,24 +35,28 @@ relations = None  # None: the 20 shipped relations; or names / .json / .csv file
 layers = None  # None: all layers; or "0,5,12"
 k = None  # None: PROTOCOL.md's rule by vocabulary size
 embedding = "paper"  # paper | raw | mlp0-residual
-tau = 0.15
-min_pairs = 30
+tau = None  # None: the protocol's threshold (mapslib.relation_map.scores.TAU)
+min_pairs = None  # None: the protocol's minimum (mapslib.relation_map.relations.MIN_PAIRS)
+recompute = False  # True: compute every table again even when data/ has it
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from mapslib import plots, summary
-from mapslib.adapters import HeadWeights
-from mapslib.display import notebook_setup
-from mapslib.models import load_model, model_slug
-from mapslib.reference import PAPER_MULTI_CATEGORY_SHARE, PAPER_SUPPRESSION_SHARE, SURVIVING_PAIRS
-from mapslib.relations import load_relations, surviving_pairs
-from mapslib.scores import cached_relation_scores, parse_layers
+from mapslib.foundation.heads import parse_layers
+from mapslib.relation_map import summary
+from mapslib.relation_map.relations import MIN_PAIRS, load_relations, surviving_pairs
+from mapslib.relation_map.scores import TAU, maps_by_embedding, run_relation_map
+from mapslib.report import plots
+from mapslib.report.display import open_chapter
+from mapslib.report.reference import (
+    PAPER_MULTI_CATEGORY_SHARE,
+    PAPER_SUPPRESSION_SHARE,
+    SURVIVING_PAIRS,
+)
+from mapslib.report.tables import known_scores
 
-notebook_setup()
-lm = load_model(model, device=device)
-hw = HeadWeights(lm.model)
-name = model_slug(model)
-print(lm.quantization)
+lm, hw, name = open_chapter(model, device)
+tau = TAU if tau is None else tau
+min_pairs = MIN_PAIRS if min_pairs is None else min_pairs
 
 # %% [markdown]
 # ## Which pairs survive the tokenizer
@@ -84,15 +88,15 @@ table[table["relation"].isin(recorded)].assign(recorded=lambda d: d["relation"].
 
 # %%
 layer_list = parse_layers(layers, hw.n_layers)
-scores = cached_relation_scores(
+scores = run_relation_map(
     lm,
-    hw,
     rels,
     out_dir,
     layers=layer_list,
     k=k,
     embedding=embedding,
     min_pairs=min_pairs,
+    recompute=recompute,
     log=print,
 )
 print(
@@ -130,7 +134,7 @@ fig = plots.category_layer_lines(counts, name)
 # projection does not show).
 
 # %%
-rel_heads = summary.relation_heads(scores, tau)
+rel_heads = summary.relation_overview(scores, tau)
 rel_heads
 
 # %%
@@ -189,12 +193,9 @@ groups.head(20)
 # check on which reading the model's own forward pass agrees with.
 
 # %%
-maps = {embedding: scores}
-for other in ("paper", "raw", "mlp0-residual"):
-    if other != embedding:
-        maps[other] = cached_relation_scores(
-            lm, hw, rels, out_dir, layers=layer_list, k=k, embedding=other, min_pairs=min_pairs
-        )
+maps = maps_by_embedding(
+    lm, rels, out_dir, first=embedding, layers=layer_list, k=k, min_pairs=min_pairs
+)
 summary.compare_maps(maps, tau).round(3)
 
 # %% [markdown]
@@ -205,4 +206,4 @@ summary.compare_maps(maps, tau).round(3)
 # can move scores by a few pairs.
 
 # %%
-summary.known_scores(scores, name)
+known_scores(scores, name)

@@ -38,33 +38,24 @@ relations = None  # None: the shipped relations
 seed = 0  # seed of the random matrices (each layer draws from its own generator)
 k = None  # None: PROTOCOL.md's rule by vocabulary size
 embedding = "paper"
+recompute = False  # True: compute every table again even when data/ has it
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from pathlib import Path
-
-import pandas as pd
-
-from mapslib import plots_salient
-from mapslib.adapters import HeadWeights
-from mapslib.baseline import (
+from mapslib.foundation.heads import parse_layers
+from mapslib.relation_map.baseline import (
     baseline_table,
     layer_stats_table,
     max_random_scores,
-    random_scores,
+    run_random_baseline,
 )
-from mapslib.display import notebook_setup
-from mapslib.models import load_model, model_slug
-from mapslib.reference import PAPER_RANDOM_BASELINE
-from mapslib.relations import load_relations, scorable
-from mapslib.results import cached_table
-from mapslib.scores import TAU, cached_relation_scores, parse_layers
+from mapslib.relation_map.relations import load_relations
+from mapslib.relation_map.scores import TAU, run_relation_map
+from mapslib.report import plots_salient
+from mapslib.report.display import open_chapter
+from mapslib.report.tables import random_baseline_beside_paper
 
-notebook_setup()
-lm = load_model(model, device=device)
-hw = HeadWeights(lm.model)
-name = model_slug(model)
-print(lm.quantization)
+lm, hw, name = open_chapter(model, device)
 
 # %% [markdown]
 # ## The distribution each layer's random matrices come from
@@ -90,19 +81,11 @@ stats.map(lambda v: f"{v:.2e}")
 
 # %%
 rels = load_relations(relations)
-real = cached_relation_scores(
-    lm, hw, rels, out_dir, layers=layer_list, k=k, embedding=embedding, log=print
-)
-tokenized = scorable(rels, lm.tokenizer, log=None)
-params = {"model": lm.info(), "relations": [r.sha256 for r in rels], "layers": layer_list}
-params |= {"k": k, "embedding": embedding, "seed": seed}
-random = cached_table(
-    Path(out_dir) / "baseline_random_scores.csv",
-    params,
-    lambda: random_scores(hw, tokenized, layers=layer_list, seed=seed, k=k, embedding=embedding),
-)
+settings = dict(layers=layer_list, k=k, embedding=embedding, recompute=recompute)
+real = run_relation_map(lm, rels, out_dir, log=print, **settings)
+random = run_random_baseline(lm, rels, out_dir, seed=seed, **settings)
 print(
-    f"{len(tokenized)} relations; {real.groupby(['layer', 'head']).ngroups} real heads and "
+    f"{random['relation'].nunique()} relations; {real.groupby(['layer', 'head']).ngroups} real heads and "
     f"{random.groupby(['layer', 'head']).ngroups} random matrices scored"
 )
 
@@ -147,16 +130,4 @@ max_random_scores(random).round(3)
 # not.
 
 # %%
-paper = pd.DataFrame(
-    [
-        {"model": m, "random over tau": r, "real relation heads": real_n, "heads": n}
-        for m, (r, real_n, n) in PAPER_RANDOM_BASELINE.items()
-    ]
-)
-ours = {
-    "model": f"{name} ({len(layer_list)} of {hw.n_layers} layers)",
-    "random over tau": int(total["random_over_tau"]),
-    "real relation heads": int(total["real_over_tau"]),
-    "heads": int(total["heads"]),
-}
-pd.concat([paper, pd.DataFrame([ours])], ignore_index=True).astype({"real relation heads": "Int64"})
+random_baseline_beside_paper(table, f"{name} ({len(layer_list)} of {hw.n_layers} layers)")

@@ -39,10 +39,10 @@
 # position does not depend on what follows it.
 #
 # All heads of all layers are read in one forward per batch with hooks on the model's own modules
-# (`mapslib.hooks`); prompts of a template share their token prefix, which runs once with a KV
+# (`mapslib.foundation.hooks`); prompts of a template share their token prefix, which runs once with a KV
 # cache. The hooks are checked against a hand computation from the weights on tiny random models
-# (`tests/test_hooks.py`), and the dynamic scores against brute-force ranking of the full $yU$
-# (`tests/test_dynamic.py`).
+# (`tests/foundation/test_hooks.py`), and the dynamic scores against brute-force ranking of the full
+# $yU$ (`tests/behaviour/test_correlation.py`).
 #
 # CI re-executes a small version of this chapter with
 # `-p relations '["name_copying", "country_to_capital_wikidata", "entity_to_pronoun"]'
@@ -57,35 +57,29 @@ templates = "all"  # "all" or indices such as "0,1"
 max_pairs = None  # None: every single-token pair; or pairs per relation, drawn with `seed`
 seed = 0
 scatter_relations = ["name_copying", "country_to_capital_wikidata", "word_last_letter"]
+recompute = False  # True: compute every table again even when data/ has it
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 from pathlib import Path
 
-from mapslib import plots_behaviour
-from mapslib.adapters import HeadWeights
-from mapslib.display import notebook_setup, token_texts
-from mapslib.dynamic import (
-    TEMPLATES,
+from mapslib.behaviour.correlation import (
     correlation_rows,
     correlations,
     correlations_by_map,
-    dynamic_scores,
-    p_text,
-    paper_table,
+    median_r_by_reach,
     parse_templates,
+    prompt_examples,
+    run_dynamic_scores,
 )
-from mapslib.io import write_table
-from mapslib.models import load_model, model_slug
-from mapslib.relations import load_relations, scorable
-from mapslib.results import cached_table
-from mapslib.scores import TAU, cached_relation_scores
+from mapslib.foundation.io import write_table
+from mapslib.relation_map.relations import load_relations, scorable
+from mapslib.relation_map.scores import maps_by_embedding
+from mapslib.report import plots_behaviour
+from mapslib.report.display import open_chapter
+from mapslib.report.tables import correlation_beside_paper, p_text
 
-notebook_setup()
-lm = load_model(model, device=device)
-hw = HeadWeights(lm.model)
-name = model_slug(model)
-print(lm.quantization)
+lm, hw, name = open_chapter(model, device)
 
 # %% [markdown]
 # ## Prompts
@@ -99,12 +93,7 @@ rels = load_relations(relations)
 tokenized = scorable(rels, lm.tokenizer, log=print)
 chosen = parse_templates(templates)
 rows = correlation_rows(tokenized, chosen, hw.vocab_size, max_pairs, seed)
-example = rows.drop_duplicates("template")[["template", "prompt"]].copy()
-example["template text"] = example["template"].map(lambda t: TEMPLATES[t])
-example["tokens"] = example["prompt"].map(
-    lambda p: " | ".join(token_texts(lm.tokenizer, lm.tokenizer(p)["input_ids"]))
-)
-example.set_index("template")
+prompt_examples(rows, lm.tokenizer)
 
 # %%
 print(f"{rows['relation'].nunique()} relations, {len(chosen)} templates, {len(rows)} prompts-pairs")
@@ -118,24 +107,16 @@ first.groupby("relation", sort=False).agg(pairs=("target", "size"), k=("k", "fir
 # are used). The dynamic table has one row per head, relation, template, setting and mode.
 
 # %%
-static = cached_relation_scores(lm, hw, rels, out_dir)
-params = {
-    "model": lm.info(),
-    "relations": [r.sha256 for r in rels],
-    "templates": chosen,
-    "max_pairs": max_pairs,
-    "seed": seed,
-}
-dynamic = cached_table(
-    Path(out_dir) / "dynamic_scores.csv",
-    params,
-    lambda: dynamic_scores(hw, lm.tokenizer, rows),
+maps = maps_by_embedding(lm, rels, out_dir, recompute=recompute)  # chapter 02's, if there
+static = maps["paper"]
+dynamic = run_dynamic_scores(
+    lm, rels, out_dir, templates=chosen, max_pairs=max_pairs, seed=seed, recompute=recompute
 )
 dynamic.head()
 
 # %%
 corr = correlations(static, dynamic)
-write_table(Path(out_dir) / "correlations.csv", corr, {"params": params})
+write_table(Path(out_dir) / "correlations.csv", corr, dynamic.attrs["sidecar"])
 corr[corr["mode"] == "promote"].drop(columns="mode").assign(p=lambda d: d["p"].map(p_text)).round(3)
 
 # %% [markdown]
@@ -152,7 +133,7 @@ corr[corr["mode"] == "promote"].drop(columns="mode").assign(p=lambda d: d["p"].m
 quant = lm.quantization.split(",")[0]
 ours = f"{name} ({quant} -> fp32; shipped data; {len(chosen)} template(s))"
 paper = "Llama-3.1-8B (paper Table 1; its data)"
-table = paper_table(corr, "promote", ours, paper)
+table = correlation_beside_paper(corr, "promote", ours, paper)
 table.round(3)
 
 # %%
@@ -164,20 +145,7 @@ fig = plots_behaviour.correlation_bars(corr, name, paper="Llama-3.1-8B (paper)")
 # score). The same split here, at $\tau$:
 
 # %%
-promote = corr[corr["mode"] == "promote"].pivot_table(
-    index="relation", columns="setting", values=["r", "max_static"], sort=False
-)
-implemented = promote[("max_static", "context")] >= TAU
-print(
-    f"median r without context {promote[('r', 'no_context')].median():.3f}, "
-    f"with context {promote[('r', 'context')].median():.3f}"
-)
-for label, sel in (("some head reaches tau", implemented), ("no head reaches tau", ~implemented)):
-    part = promote[sel]
-    print(
-        f"{label}: {len(part)} relations, median r without context "
-        f"{part[('r', 'no_context')].median():.3f}, with context {part[('r', 'context')].median():.3f}"
-    )
+median_r_by_reach(corr).round(3)
 
 # %% [markdown]
 # ## Which $E_\text{in}$ agrees with the forward pass
@@ -193,9 +161,6 @@ for label, sel in (("some head reaches tau", implemented), ("no head reaches tau
 # the two parts of this book: the answer differs between models.
 
 # %%
-maps = {"paper": static}
-for other in ("raw", "mlp0-residual"):
-    maps[other] = cached_relation_scores(lm, hw, rels, out_dir, embedding=other)
 correlations_by_map(maps, dynamic).round(3)
 
 # %% [markdown]
@@ -205,7 +170,7 @@ correlations_by_map(maps, dynamic).round(3)
 # ones from the top $k$ of $-yU$. The paper reports these in its appendix tables only.
 
 # %%
-paper_table(corr, "suppress", ours).round(3)
+correlation_beside_paper(corr, "suppress", ours).round(3)
 
 # %% [markdown]
 # ## Static against dynamic, head by head

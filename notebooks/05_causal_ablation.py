@@ -34,7 +34,7 @@
 #
 # The prompts run all but their last token once, with a KV cache (a last-position ablation cannot
 # change earlier positions); each (prompt, set of removed heads) then costs one token, many per
-# forward pass, each row with its own head mask. `tests/test_hooks.py` checks that zeroing a head
+# forward pass, each row with its own head mask. `tests/foundation/test_hooks.py` checks that zeroing a head
 # changes its layer's output by exactly that head's contribution at the last position and nowhere
 # else, and that the cached path gives the full forward pass's logits.
 #
@@ -54,38 +54,30 @@ random_draws = 5
 step = 5  # random and control curves at every `step`-th head (and the last)
 seed = 0
 embedding = "paper"  # E_in of the static scores (chapter 1): paper | raw | mlp0-residual
+recompute = False  # True: compute every table again even when data/ has it
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from pathlib import Path
-
-import pandas as pd
-
-from mapslib import plots_behaviour
-from mapslib.ablation import (
+from mapslib.behaviour.ablation import (
     TASK_PROMPTS,
-    ablation_experiment,
+    ablation_summary,
     build_task,
+    effect_sentence,
     effects,
     n_relation_heads,
-    overlap,
-    paper_table,
-    relation_heads,
-    summary,
+    overlap_matrix,
+    relation_head_table,
+    run_ablation,
+    top_relation_heads,
 )
-from mapslib.adapters import HeadWeights
-from mapslib.display import notebook_setup, token_texts
-from mapslib.models import load_model, model_slug
-from mapslib.relations import load_relations, scorable, surviving_pairs
-from mapslib.results import cached_table
-from mapslib.scores import cached_relation_scores
-from mapslib.summary import head_name
+from mapslib.foundation.tokens import token_texts
+from mapslib.relation_map.relations import load_relations, scorable, surviving_pairs
+from mapslib.relation_map.scores import run_relation_map
+from mapslib.report import plots_behaviour
+from mapslib.report.display import open_chapter
+from mapslib.report.tables import causal_beside_paper
 
-notebook_setup()
-lm = load_model(model, device=device)
-hw = HeadWeights(lm.model)
-name = model_slug(model)
-print(lm.quantization)
+lm, hw, name = open_chapter(model, device)
 
 # %% [markdown]
 # ## Tasks
@@ -101,7 +93,7 @@ kept["task prompt"] = [TASK_PROMPTS[r] for r in kept.index]
 kept[["task prompt", "single_token_pairs", "scored"]]
 
 # %%
-tokenized = scorable(task_rels, lm.tokenizer, log=None)
+tokenized = scorable(task_rels, lm.tokenizer)
 first = build_task(tokenized[0], 1)
 print(repr(first.prompts[0]), "->", token_texts(lm.tokenizer, first.targets))
 print(" | ".join(token_texts(lm.tokenizer, lm.tokenizer(first.prompts[0])["input_ids"])))
@@ -115,38 +107,18 @@ print(" | ".join(token_texts(lm.tokenizer, lm.tokenizer(first.prompts[0])["input
 
 # %%
 static_rels = load_relations() if relations is None else task_rels
-static = cached_relation_scores(lm, hw, static_rels, out_dir, embedding=embedding)
+static = run_relation_map(lm, static_rels, out_dir, embedding=embedding, recompute=recompute)
 m = n_relation_heads(hw.n_layers * hw.n_heads)
-heads = {t.name: relation_heads(static, t.name, m) for t in tokenized}
+heads = {t.name: top_relation_heads(static, t.name, m) for t in tokenized}
 print(f"{hw.n_layers * hw.n_heads} heads -> m = {m}")
-pd.DataFrame(
-    {
-        "heads with score > 0": [
-            int(
-                (
-                    (static["relation"] == r)
-                    & (static["mode"] == "promote")
-                    & (static["score"] > 0)
-                ).sum()
-            )
-            for r in heads
-        ],
-        "relation heads": [len(h) for h in heads.values()],
-        "strongest five": [", ".join(head_name(*x) for x in h[:5]) for h in heads.values()],
-    },
-    index=pd.Index(list(heads), name="relation"),
-)
+relation_head_table(static, heads)
 
 # %% [markdown]
 # Controls must share fewer than 15% of the target's relation heads. The share of the row
 # relation's heads that are also the column relation's:
 
 # %%
-pd.DataFrame(
-    [[overlap(heads[a], heads[b]) for b in heads] for a in heads],
-    index=pd.Index(list(heads), name="share of"),
-    columns=list(heads),
-).round(2)
+overlap_matrix(heads).round(2)
 
 # %% [markdown]
 # ## The experiment
@@ -156,29 +128,17 @@ pd.DataFrame(
 # removed (rows whose `task` differs from `relation`).
 
 # %%
-params = {
-    "model": lm.info(),
-    "relations": [t.relation.sha256 for t in tokenized],
-    "static": [r.sha256 for r in static_rels],
-    "embedding": embedding,
-    "max_prompts": max_prompts,
-    "random_draws": random_draws,
-    "step": step,
-    "seed": seed,
-}
-curves = cached_table(
-    Path(out_dir) / "ablation.csv",
-    params,
-    lambda: ablation_experiment(
-        hw,
-        lm.tokenizer,
-        tokenized,
-        static,
-        max_prompts=max_prompts,
-        random_draws=random_draws,
-        seed=seed,
-        step=step,
-    ),
+curves = run_ablation(
+    lm,
+    task_rels,
+    static,
+    out_dir,
+    max_prompts=max_prompts,
+    random_draws=random_draws,
+    step=step,
+    seed=seed,
+    static_source=f"relation map in {out_dir}, embedding {embedding}",
+    recompute=recompute,
 )
 curves.head()
 
@@ -191,13 +151,13 @@ curves.head()
 # removed (150 there) differ, and our weights are 4-bit quantised.
 
 # %%
-summ = summary(curves)
+summ = ablation_summary(curves)
 summ.round(3)
 
 # %%
 quant = lm.quantization.split(",")[0]
 ours = f"{name} ({quant} -> fp32; shipped data; {max_prompts or 'all'} prompts per task)"
-table = paper_table(summ[summ["status"] == "ok"], ours, "Pythia 12B (paper Table 2)")
+table = causal_beside_paper(summ[summ["status"] == "ok"], ours, "Pythia 12B (paper Table 2)")
 table.round(2)
 
 # %% [markdown]
@@ -216,18 +176,7 @@ fig = plots_behaviour.ablation_curves(curves, name)
 # and hold when as many random heads are.
 
 # %%
-by_rel = summ.set_index("relation")
-capital = "country_to_capital_wikidata"
-if capital in by_rel.index and by_rel.loc[capital, "status"] == "ok":
-    c = by_rel.loc[capital]
-    print(
-        f"base {c['base']:.3f}; minus its {int(c['n_heads'])} relation heads "
-        f"{c['minus_relation']:.3f} (drop {c['base'] - c['minus_relation']:.3f}); minus as many "
-        f"random heads {c['minus_random']:.3f} ± {c['minus_random_std']:.3f} "
-        f"(drop {c['base'] - c['minus_random']:.3f})"
-    )
-else:
-    print("country to capital is not run for this model or these parameters")
+print(effect_sentence(summ, "country_to_capital_wikidata"))
 
 # %% [markdown]
 # ## Which relations pass the check

@@ -42,32 +42,25 @@ relations = None  # None: every shipped relation; the rule below picks those wit
 max_pairs = None  # None: every pair; or pairs per relation and kind, drawn with `seed`
 seed = 0
 embedding = "paper"  # E_in of the static scores (chapter 1): paper | raw | mlp0-residual
+recompute = False  # True: compute every table again even when data/ has it
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from pathlib import Path
-
-from mapslib import plots_behaviour
-from mapslib.adapters import HeadWeights
-from mapslib.display import notebook_setup, token_texts
-from mapslib.dynamic import TEMPLATES, p_text, src_prompt
-from mapslib.models import load_model, model_slug
-from mapslib.multitoken import (
+from mapslib.behaviour.multitoken import (
     MIN_MULTI_PAIRS,
-    TEMPLATE,
+    example_prompt,
     multi_token_counts,
-    multi_token_experiment,
     multi_token_relations,
+    run_multi_token,
+    within_paper_criterion,
 )
-from mapslib.relations import load_relations, scorable
-from mapslib.results import cached_table
-from mapslib.scores import cached_relation_scores
+from mapslib.relation_map.relations import load_relations, scorable
+from mapslib.relation_map.scores import run_relation_map
+from mapslib.report import plots_behaviour
+from mapslib.report.display import open_chapter
+from mapslib.report.tables import p_text
 
-notebook_setup()
-lm = load_model(model, device=device)
-hw = HeadWeights(lm.model)
-name = model_slug(model)
-print(lm.quantization)
+lm, hw, name = open_chapter(model, device)
 
 # %% [markdown]
 # ## Which relations have multi-token sources
@@ -77,18 +70,14 @@ print(lm.quantization)
 
 # %%
 rels = load_relations(relations)
-single = scorable(rels, lm.tokenizer, log=None)
+single = scorable(rels, lm.tokenizer)
 counts = multi_token_counts(rels, lm.tokenizer, single)
 print(f"rule: >= {MIN_MULTI_PAIRS} multi-token pairs and a single-token static score")
 counts[counts["multi_token_pairs"] > 0].set_index("relation")
 
 # %%
 multi = multi_token_relations(rels, lm.tokenizer, single)
-example = multi[0].pairs[0] if multi else None
-if example is not None:
-    prompt = src_prompt(TEMPLATES[TEMPLATE], example[0])
-    print(repr(prompt), "->", repr(example[1]))
-    print(" | ".join(token_texts(lm.tokenizer, lm.tokenizer(prompt)["input_ids"])))
+print("\n".join(example_prompt(multi, lm.tokenizer)))
 
 # %% [markdown]
 # ## Single-token against multi-token correlation
@@ -98,22 +87,16 @@ if example is not None:
 # 02's.
 
 # %%
-static = cached_relation_scores(lm, hw, rels, out_dir, embedding=embedding)
-params = {
-    "model": lm.info(),
-    "relations": [r.sha256 for r in rels],
-    "embedding": embedding,
-    "template": TEMPLATE,
-    "min_multi_pairs": MIN_MULTI_PAIRS,
-    "max_pairs": max_pairs,
-    "seed": seed,
-}
-both = cached_table(
-    Path(out_dir) / "multi_token.csv",
-    params,
-    lambda: multi_token_experiment(
-        hw, lm.tokenizer, multi, single, static, max_pairs=max_pairs, seed=seed
-    ),
+static = run_relation_map(lm, rels, out_dir, embedding=embedding, recompute=recompute)
+both = run_multi_token(
+    lm,
+    rels,
+    static,
+    out_dir,
+    static_source=f"relation map in {out_dir}, embedding {embedding}",
+    max_pairs=max_pairs,
+    seed=seed,
+    recompute=recompute,
 )
 both.assign(p_single=both["p_single"].map(p_text), p_multi=both["p_multi"].map(p_text)).round(3)
 
@@ -124,12 +107,7 @@ fig = plots_behaviour.multi_token_bars(both, name)
 # The paper's criterion: a multi-token correlation within 0.05 of the single-token one, or higher.
 
 # %%
-promote = both[both["mode"] == "promote"]
-close = (promote["r_diff"] >= -0.05).sum()
-print(
-    f"{close} of {len(promote)} relation-setting combinations (promotion) have multi-token r "
-    "within 0.05 of the single-token r or higher"
-)
+print(within_paper_criterion(both))
 
 # %% [markdown]
 # ## Reading the results (written from the SmolLM2-135M run)

@@ -49,35 +49,28 @@ temperature = 0.0
 seed = 0
 threshold = 0.5  # share of salient tokens an offline detector must explain
 embedding = "paper"  # E_in the heads are read on (chapter 1): paper | raw | mlp0-residual
+recompute = False  # True: compute every table again even when data/ has it
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from pathlib import Path
-
-from mapslib import plots_salient
-from mapslib.adapters import HeadWeights
-from mapslib.describe import LLMConfig, availability_note, describe_heads, llm_available
-from mapslib.display import notebook_setup
-from mapslib.labeller import (
+from mapslib.foundation.heads import all_heads, parse_head
+from mapslib.relation_map.relations import load_relations
+from mapslib.relation_map.scores import run_relation_map
+from mapslib.relation_map.summary import strongest_head
+from mapslib.report import plots_salient
+from mapslib.report.display import open_chapter
+from mapslib.salient.describe import LLMConfig, availability_note, describe_heads, llm_available
+from mapslib.salient.labeller import (
     compare_with_llm,
     example_heads,
     identified_share_by_layer,
     label_counts_by_layer,
     label_heads,
 )
-from mapslib.mappings import parse_head
-from mapslib.models import load_model, model_slug
-from mapslib.relations import load_relations
-from mapslib.results import cached_table
-from mapslib.salient import mapping_table, saliency_scores, salient_mappings
-from mapslib.scores import cached_relation_scores
-from mapslib.summary import strongest_head
+from mapslib.salient.mappings import mapping_table, run_salient, salient_mappings
+from mapslib.salient.saliency import saliency_scores
 
-notebook_setup()
-lm = load_model(model, device=device)
-hw = HeadWeights(lm.model)
-name = model_slug(model)
-print(lm.quantization)
+lm, hw, name = open_chapter(model, device)
 
 # %% [markdown]
 # ## Saliency of every token, for every head
@@ -92,29 +85,24 @@ print(f"saliency: {sal.shape[0]} layers x {sal.shape[1]} heads x {sal.shape[2]} 
 # %% [markdown]
 # ## Salient mappings of every head
 #
-# The table has one row per head, salient token and mapped token, with the token ids and the visible
-# text (`␣` is a leading space, `\n` a newline, `\xNN` a raw byte). It is written to
+# The table has one row per head, salient token and mapped token, with the token ids and their raw
+# text; printed, tokens are made visible (`␣` is a leading space, `\n` a newline, `\xNN` a raw
+# byte). It is written to
 # `data/salient_mappings.json` with the parameters beside it. Below, the first salient tokens of a
 # few heads, most salient first, with their top mappings. Unless the `heads` parameter names them,
 # the heads shown are the best example of each operation the offline labeller (below) finds, then
 # heads it leaves unlabelled, spread over depth.
 
 # %%
-all_heads = [(la, hh) for la in range(hw.n_layers) for hh in range(hw.n_heads)]
-params = {"model": lm.info(), "top_tokens": top_tokens, "top_mappings": top_mappings}
-params["embedding"] = embedding
-salient = cached_table(
-    Path(out_dir) / "salient_mappings.json",
-    params,
-    lambda: salient_mappings(
-        hw,
-        lm.tokenizer,
-        all_heads,
-        top_tokens=top_tokens,
-        top_mappings=top_mappings,
-        embedding=embedding,
-        saliency=sal,
-    ),
+salient = run_salient(
+    lm,
+    all_heads(hw),
+    out_dir,
+    top_tokens=top_tokens,
+    top_mappings=top_mappings,
+    embedding=embedding,
+    saliency=sal,
+    recompute=recompute,
 )
 print(f"{len(salient)} rows for {salient.groupby(['layer', 'head']).ngroups} heads")
 
@@ -146,7 +134,7 @@ for spec in shown:
 # %%
 if suppressor is None:
     suppressor = strongest_head(
-        cached_relation_scores(lm, hw, load_relations(), out_dir, embedding=embedding), "suppress"
+        run_relation_map(lm, load_relations(), out_dir, embedding=embedding), "suppress"
     )
 s_layer, s_head = parse_head(suppressor, hw)
 suppressed = salient_mappings(
@@ -165,7 +153,7 @@ print(mapping_table(suppressed, s_layer, s_head).head(show).to_string())
 # %% [markdown]
 # ## Describing heads with an LLM
 #
-# Each head's 30 lines go to the LLM with this project's prompt (`mapslib.describe.USER_TEMPLATE`):
+# Each head's 30 lines go to the LLM with this project's prompt (`mapslib.salient.describe.USER_TEMPLATE`):
 # it asks for a JSON object with a short reasoning, one sentence on the inputs and one on the
 # pattern, or "Unclear". As in the paper, an answer that contains "clear" anywhere counts as no
 # pattern. Answers are cached on disk by model, exact prompt, temperature and seed, so this chapter

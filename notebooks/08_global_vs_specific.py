@@ -42,31 +42,23 @@ cpu_sample = 512  # what "auto" samples on a CPU for vocabularies over 8192 toke
 seed = 0  # seed of the source sample
 groups = 8  # jackknife groups for the sampling error
 embedding = "paper"  # E_in the heads are read on (chapter 1): paper | raw | mlp0-residual
+recompute = False  # True: compute every table again even when data/ has it
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from pathlib import Path
-
-from mapslib import plots_salient
-from mapslib.adapters import HeadWeights
-from mapslib.display import notebook_setup
-from mapslib.globality import (
+from mapslib.report import plots_salient
+from mapslib.report.display import open_chapter
+from mapslib.salient.globality import (
     default_sample,
     head_globality,
-    output_space,
     reference_heads,
+    run_output_space,
     sample_sources,
     vocabulary_texts,
 )
-from mapslib.models import load_model, model_slug
-from mapslib.results import cached_table
-from mapslib.salient import saliency_scores
+from mapslib.salient.saliency import saliency_scores
 
-notebook_setup()
-lm = load_model(model, device=device)
-hw = HeadWeights(lm.model)
-name = model_slug(model)
-print(lm.quantization)
+lm, hw, name = open_chapter(model, device)
 
 # %% [markdown]
 # ## Exact or sampled
@@ -84,7 +76,7 @@ print(lm.quantization)
 # * `size`: Shlosser's estimate of the distinct targets over the whole vocabulary, divided by $|V|$.
 #   Checked against the exact size of five heads of SmolLM2 (`benchmarks/bench_salient.py
 #   --validate`), it overestimates by 1.2-2x at 1024 sources and keeps the heads' order; see
-#   `mapslib.globality` for the numbers.
+#   `mapslib.salient.globality` for the numbers.
 #
 # Both carry a delete-a-group jackknife standard error (`_se`); on those heads it was 0.8 to 1.9
 # times the spread over independent samples. It measures the sampling variance, not the estimator's
@@ -102,12 +94,14 @@ print(
 
 # %%
 sal = saliency_scores(hw, embedding=embedding)
-params = {"model": lm.info(), "sample": n_sources, "seed": seed, "groups": groups}
-params["embedding"] = embedding
-space = cached_table(
-    Path(out_dir) / "output_space.csv",
-    params,
-    lambda: output_space(hw, sample=n_sources, seed=seed, groups=groups, embedding=embedding),
+space = run_output_space(
+    lm,
+    out_dir,
+    sample=n_sources,
+    seed=seed,
+    groups=groups,
+    embedding=embedding,
+    recompute=recompute,
 )
 table = head_globality(hw, sal, space)
 table.head()

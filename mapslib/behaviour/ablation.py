@@ -258,22 +258,37 @@ def ablation_experiment(
                 part = acc[n + d * len(levels) : n + (d + 1) * len(levels)]
                 rows += _rows(name, task, "random", d, levels, part)
         bar.update(1)
+    rows += _control_rows(hw, tokenizer, tasks, heads, base, step, batch_rows)
+    bar.update(len(tasks))
+    bar.close()
+    return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+
+
+def _control_rows(
+    hw: HeadWeights,
+    tokenizer: Any,
+    tasks: dict[str, Task],
+    heads: dict[str, list[Head]],
+    base: dict[str, float],
+    step: int,
+    batch_rows: int,
+) -> list[tuple]:
+    """Pass 2: each relation's heads removed on its control tasks, one prefix cache per control."""
     skipped = {name for name, b in base.items() if b < MIN_BASE}
     wanted: dict[str, list[tuple[str, list[int]]]] = defaultdict(list)  # control task -> targets
     for name in tasks:
         if name not in skipped and heads[name]:
             for c in choose_controls(name, heads, base, skipped):
                 wanted[c].append((name, curve_levels(len(heads[name]), step)))
-    for c, targets in wanted.items():  # pass 2: controls, one prefix cache per control task
+    rows: list[tuple] = []
+    for c, targets in wanted.items():
         runner = TaskRunner(hw, tokenizer, tasks[c], batch_rows)
         acc = runner.accuracy([heads[t][:i] for t, levels in targets for i in levels])
         at = 0
         for t, levels in targets:
             rows += _rows(t, tasks[c], "relation", -1, levels, acc[at : at + len(levels)])
             at += len(levels)
-    bar.update(len(tasks))
-    bar.close()
-    return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+    return rows
 
 
 # -- summaries ---------------------------------------------------------------------------------------------
@@ -376,8 +391,6 @@ def run_ablation(
     they came from, for the sidecar. The per-relation summary is recorded there too.
     """
     check_task_relations(relations)
-    if random_draws < 1 or step < 1:
-        raise BadArgument("random draws and step must be positive integers")
     tokenized = scorable(relations, lm.tokenizer)
     params = {
         "model": lm.info(),
@@ -403,18 +416,18 @@ def run_ablation(
             progress=progress,
         )
         summ = ablation_summary(df)
-        found = {
-            "model": lm.info(),
-            "task_prompts": {t.name: TASK_PROMPTS[t.name] for t in tokenized},
-            "static": static_source,
-            "summary": summ.astype(object).where(summ.notna(), None).to_dict(orient="records"),
-        }
-        return df, found
+        found = {"model": lm.info(), "static": static_source, "summary": _records(summ)}
+        return df, found | {"task_prompts": {t.name: TASK_PROMPTS[t.name] for t in tokenized}}
 
     path = None if out is None else table_path(out, "ablation.csv")
     return cached_table(
         path, params, compute, recompute=recompute, protocol=PROTOCOL, header=header, step="ablate"
     )
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts, missing values as None (JSON has no NaN)."""
+    return df.astype(object).where(df.notna(), None).to_dict(orient="records")
 
 
 def relation_head_table(static: pd.DataFrame, heads: dict[str, list[Head]]) -> pd.DataFrame:

@@ -21,7 +21,12 @@ from torch import Tensor
 from mapslib.errors import BadArgument, TooFewPairs
 from mapslib.foundation.adapters import HeadWeights
 from mapslib.foundation.cache import Computed, cached_table, params_key, table_path
-from mapslib.foundation.embeddings import EMBEDDING_RULE, InputEmbeddings, embedding_kind
+from mapslib.foundation.embeddings import (
+    EMBEDDING_MODES,
+    EMBEDDING_RULE,
+    InputEmbeddings,
+    embedding_kind,
+)
 from mapslib.foundation.heads import head_factors
 from mapslib.foundation.io import sha256_text
 from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside
@@ -161,9 +166,13 @@ def relation_provenance(
     ]
 
 
-def _table_name(params: dict[str, Any], default: bool) -> str:
+def _table_name(params: dict[str, Any], relations: list[Relation], n_layers: int) -> str:
     """`relation_scores.csv` for the full default map; other choices get a name by parameter hash."""
-    if default:
+    default = [r.name for r in relations] == list(REGISTRY) and params["layers"] == list(
+        range(n_layers)
+    )
+    choices = (params["k"], params["embedding"], params["min_pairs"])
+    if default and choices == (None, "paper", MIN_PAIRS):
         return "relation_scores.csv"
     return f"relation_scores_{sha256_text(json.dumps(params_key(params), sort_keys=True))[:10]}.csv"
 
@@ -195,8 +204,6 @@ def run_relation_map(
     kept = keep_scorable(tokenized, min_pairs, log)
     params = {"model": lm.info(), "relations": [r.sha256 for r in relations], "layers": layers}
     params |= {"k": k, "embedding": embedding, "min_pairs": min_pairs}
-    default = [r.name for r in relations] == list(REGISTRY) and layers == list(range(hw.n_layers))
-    default = default and (k, embedding, min_pairs) == (None, "paper", MIN_PAIRS)
 
     def compute() -> Computed:
         stats = KernelStats()
@@ -212,7 +219,7 @@ def run_relation_map(
         }
         return df, found
 
-    path = None if out is None else table_path(out, _table_name(params, default))
+    path = None if out is None else table_path(out, _table_name(params, relations, hw.n_layers))
     return cached_table(
         path,
         params,
@@ -222,6 +229,19 @@ def run_relation_map(
         header=header,
         step="score",
     )
+
+
+def maps_by_embedding(
+    lm: LoadedModel,
+    relations: list[Relation],
+    out: str | Path | None,
+    *,
+    first: str = "paper",
+    **kwargs: Any,
+) -> dict[str, pd.DataFrame]:
+    """The relation map under every reading of E_in, `first` first; each cached as `run_relation_map`."""
+    modes = [first] + [m for m in EMBEDDING_MODES if m != first]
+    return {m: run_relation_map(lm, relations, out, embedding=m, **kwargs) for m in modes}
 
 
 def static_scores(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -83,6 +85,51 @@ def correlation_bars(corr: pd.DataFrame, model: str, paper: str | None = None) -
     return fig
 
 
+def _ablation_panel(ax: Any, d: pd.DataFrame, rel: str, base: pd.Series) -> None:
+    """One relation's curves: its relation heads, random heads (mean ± std), its controls (mean)."""
+    own = d[d["task"] == rel]
+    curve = own[own["heads"] == "relation"]
+    ax.plot(
+        [0, *curve["n_removed"]],
+        [base[rel], *curve["accuracy"]],
+        color="#C44E52",
+        lw=1.8,
+        label="relation heads",
+    )
+    rnd = own[own["heads"] == "random"].groupby("n_removed")["accuracy"].agg(["mean", "std"])
+    if len(rnd):
+        x = np.array([0, *rnd.index])
+        mean = np.array([base[rel], *rnd["mean"]])
+        std = np.array([0.0, *rnd["std"].fillna(0.0)])
+        ax.plot(
+            x,
+            mean,
+            color="#4C72B0",
+            lw=1.5,
+            marker="o",
+            ms=3,
+            label="random heads (mean ± std)",
+        )
+        ax.fill_between(x, mean - std, mean + std, color="#4C72B0", alpha=0.2)
+    ctrl = d[d["task"] != rel]
+    if len(ctrl):
+        c = ctrl.groupby("n_removed")["accuracy"].mean()
+        c0 = base[ctrl["task"].unique()].mean()
+        ax.plot(
+            [0, *c.index],
+            [c0, *c],
+            color="#55A868",
+            lw=1.5,
+            ls="--",
+            marker="s",
+            ms=3,
+            label="control tasks (mean)",
+        )
+    ax.set_title(label_of(rel), fontsize=10)
+    ax.set_xlabel("heads removed")
+    ax.set_ylim(-0.03, 1.03)
+
+
 def ablation_curves(df: pd.DataFrame, model: str, ncols: int = 3) -> Figure:
     """Task accuracy as heads are removed: relation heads, random heads (mean ± std), controls (mean)."""
     targets = [
@@ -96,48 +143,7 @@ def ablation_curves(df: pd.DataFrame, model: str, ncols: int = 3) -> Figure:
     )
     base = df[df["heads"] == "none"].set_index("task")["accuracy"]
     for ax, rel in zip(axes.flat, targets, strict=False):
-        d = df[df["relation"] == rel]
-        own = d[d["task"] == rel]
-        curve = own[own["heads"] == "relation"]
-        ax.plot(
-            [0, *curve["n_removed"]],
-            [base[rel], *curve["accuracy"]],
-            color="#C44E52",
-            lw=1.8,
-            label="relation heads",
-        )
-        rnd = own[own["heads"] == "random"].groupby("n_removed")["accuracy"].agg(["mean", "std"])
-        if len(rnd):
-            x = np.array([0, *rnd.index])
-            mean = np.array([base[rel], *rnd["mean"]])
-            std = np.array([0.0, *rnd["std"].fillna(0.0)])
-            ax.plot(
-                x,
-                mean,
-                color="#4C72B0",
-                lw=1.5,
-                marker="o",
-                ms=3,
-                label="random heads (mean ± std)",
-            )
-            ax.fill_between(x, mean - std, mean + std, color="#4C72B0", alpha=0.2)
-        ctrl = d[d["task"] != rel]
-        if len(ctrl):
-            c = ctrl.groupby("n_removed")["accuracy"].mean()
-            c0 = base[ctrl["task"].unique()].mean()
-            ax.plot(
-                [0, *c.index],
-                [c0, *c],
-                color="#55A868",
-                lw=1.5,
-                ls="--",
-                marker="s",
-                ms=3,
-                label="control tasks (mean)",
-            )
-        ax.set_title(label_of(rel), fontsize=10)
-        ax.set_xlabel("heads removed")
-        ax.set_ylim(-0.03, 1.03)
+        _ablation_panel(ax, df[df["relation"] == rel], rel, base)
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy")
     for ax in list(axes.flat)[len(targets) :]:
