@@ -19,6 +19,7 @@ from typing import Any
 
 from mapslib.errors import BadArgument, MapsError
 from mapslib.foundation.embeddings import EMBEDDING_MODES
+from mapslib.foundation.heads import BIASES
 from mapslib.foundation.models import ALIASES, DEFAULT_MODEL
 from mapslib.relation_map.relations import MIN_PAIRS
 
@@ -135,6 +136,13 @@ def _relations_parser(sub: argparse._SubParsersAction) -> None:
     )
     _embedding_arg(p)
     p.add_argument(
+        "--bias",
+        default="none",
+        choices=BIASES,
+        help="add b_V (value) or b_V and b_O (value+output) to the map; the paper omits both "
+        "(default: none)",
+    )
+    p.add_argument(
         "--min-pairs",
         type=int,
         default=MIN_PAIRS,
@@ -161,6 +169,7 @@ def cmd_relations(args: argparse.Namespace) -> None:
         layers=parse_layers(args.layers, lm.hw.n_layers),
         k=args.k,
         embedding=args.embedding,
+        bias=args.bias,
         min_pairs=args.min_pairs,
         recompute=True,
         header=_header(args, t_load),

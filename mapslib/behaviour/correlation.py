@@ -216,7 +216,7 @@ def dynamic_scores(
     with torch.inference_mode():
         # no context: the head's own value at the last position, x W_V + b_V (the factor with b_V)
         for f in head_factors(
-            hw, range(hw.n_layers), lambda la: x[la], value_bias=True, progress=progress
+            hw, range(hw.n_layers), lambda la: x[la], bias="value", progress=progress
         ):
             a = torch.cat([f.a[prow], z[f.layer][prow, f.head]])
             counts = count_outside(a, f.w_o, unembed, target, cap, blocks, stats)
@@ -395,13 +395,12 @@ def median_r_by_reach(corr: pd.DataFrame, tau: float = TAU) -> pd.DataFrame:
         "some head reaches tau": promote[implemented],
         "no head reaches tau": promote[~implemented],
     }
-    return pd.DataFrame(
-        {
-            label: {
-                "relations": len(g),
-                "median r without context": g[("r", "no_context")].median(),
-                "median r with context": g[("r", "context")].median(),
-            }
-            for label, g in groups.items()
+    rows = {
+        label: {
+            "relations": len(g),
+            "median r without context": g[("r", "no_context")].median(),
+            "median r with context": g[("r", "context")].median(),
         }
-    ).T
+        for label, g in groups.items()
+    }
+    return pd.DataFrame.from_dict(rows, orient="index")

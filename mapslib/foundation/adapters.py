@@ -187,6 +187,12 @@ class HeadWeights:
         w = w if self.family.conv1d else w.T
         return w.reshape(self.n_heads, self.d_head, self.d_model).detach()
 
+    def b_O(self, layer: int) -> Tensor:
+        """The output projection's bias, (d,): added once per layer to the heads' summed output;
+        zeros if the model has none."""
+        b = getattr(self.out_proj(layer), "bias", None)
+        return b.detach() if b is not None else self.W_O(layer).new_zeros(self.d_model)
+
     def W_VO(self, layer: int, head: int) -> Tensor:
         """The full d x d OV matrix of one head; for tests and the naive baseline only."""
         return self.W_V(layer)[self.kv_head(head)] @ self.W_O(layer)[head]

@@ -6,6 +6,11 @@ A head's rows of M = E_in W_VO U for source tokens are `a @ w_o @ U` with the le
 and shared by the query heads of its group. What happens to the product (counts against a target,
 top-k, argmax, norms) is the caller's: the kernels module holds those.
 
+Biases (not in the paper, which omits them; default off): `value` adds b_V to the left factor,
+a = x W_V + b_V, what the head writes when it attends to the source alone. `value+output` also adds
+the layer's b_O, which the layer writes once whatever its heads do, by one more rank in the
+factors: a' = [a, 1], w_o' = [W_O[h]; b_O], so a' w_o' = a W_O[h] + b_O and nothing grows to d x d.
+
 Also here: how heads are named (`LAYER.HEAD`) and parsed, and how a layer list is parsed.
 """
 
@@ -22,6 +27,7 @@ from mapslib.errors import BadArgument
 from mapslib.foundation.adapters import HeadWeights
 
 Head = tuple[int, int]  # (layer, head)
+BIASES = ("none", "value", "value+output")
 
 
 @dataclass(frozen=True)
@@ -48,28 +54,42 @@ def value_factors(hw: HeadWeights, layer: int, x: Tensor, value_bias: bool = Fal
     return a + hw.b_V(layer)[:, None, :] if value_bias else a
 
 
+def check_bias(bias: str) -> str:
+    """`bias` if it is one of BIASES, else an error naming them."""
+    if bias not in BIASES:
+        raise BadArgument(f"unknown bias {bias!r}; choose one of {', '.join(BIASES)}")
+    return bias
+
+
 def head_factors(
     hw: HeadWeights,
     layers: Iterable[int],
     inputs: Callable[[int], Tensor],
     *,
     heads: Callable[[int], Iterable[int]] | None = None,
-    value_bias: bool = False,
+    bias: str = "none",
     progress: bool = False,
 ) -> Iterator[HeadFactors]:
     """Factors of every head (or `heads(layer)`) of `layers`; `inputs(layer)` gives x, (n, d).
 
     The value product is computed once per layer and kv head; each query head gets a view of its kv
-    head's rows, so grouped-query heads share the work.
+    head's rows, so grouped-query heads share the work. `bias` (BIASES) folds b_V, and b_O, into the
+    factors.
     """
     layers = list(layers)
+    check_bias(bias)
     chosen = {la: list(heads(la)) if heads else list(range(hw.n_heads)) for la in layers}
     bar = tqdm(
         total=sum(map(len, chosen.values())), desc="heads", unit="head", disable=not progress
     )
     for layer in layers:
-        a_kv = value_factors(hw, layer, inputs(layer), value_bias)
+        a_kv = value_factors(hw, layer, inputs(layer), value_bias=bias != "none")
         w_o = hw.W_O(layer)
+        if bias == "value+output":
+            ones = a_kv.new_ones(*a_kv.shape[:2], 1)
+            a_kv = torch.cat([a_kv, ones], dim=2)
+            b_o = hw.b_O(layer).expand(w_o.shape[0], 1, -1)
+            w_o = torch.cat([w_o, b_o], dim=1)
         for head in chosen[layer]:
             yield HeadFactors(layer, head, a_kv[hw.kv_head(head)], w_o[head])
             bar.update(1)

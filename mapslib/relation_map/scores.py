@@ -27,7 +27,7 @@ from mapslib.foundation.embeddings import (
     InputEmbeddings,
     embedding_kind,
 )
-from mapslib.foundation.heads import head_factors
+from mapslib.foundation.heads import check_bias, head_factors
 from mapslib.foundation.io import sha256_text
 from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside
 from mapslib.foundation.models import LoadedModel
@@ -44,6 +44,11 @@ TAU = 0.15
 MODES = ("promote", "suppress")
 SCORE_COLUMNS = ["layer", "head", "relation", "mode", "k", "n_pairs", "score"]
 K_RULE = "PROTOCOL.md: |V|<100k -> 1 (copying) / 10; else 3 / 25"
+BIAS_RULE = {
+    "none": "no biases, as in the paper",
+    "value": "b_V added: rows of (E_in W_V + b_V) W_O U",
+    "value+output": "b_V and b_O added: rows of ((E_in W_V + b_V) W_O + b_O) U",
+}
 
 
 def default_k(vocab_size: int, copying: bool) -> int:
@@ -114,11 +119,15 @@ def relation_scores(
     layers: list[int] | None = None,
     k: int | None = None,
     embedding: str = "paper",
+    bias: str = "none",
     sample_stride: int | None = None,
     progress: bool = False,
     stats: KernelStats | None = None,
 ) -> pd.DataFrame:
-    """Promote and suppress scores of every (layer, head, relation): one row each, columns SCORE_COLUMNS."""
+    """Promote and suppress scores of every (layer, head, relation): one row each, columns SCORE_COLUMNS.
+
+    `bias` (foundation.heads.BIASES) adds b_V, or b_V and b_O, to the map; the paper omits both.
+    """
     layers = list(range(hw.n_layers)) if layers is None else layers
     device = hw.embedding_module.weight.device
     batch = PairBatch.build(relations, hw.vocab_size, k, device)
@@ -127,7 +136,7 @@ def relation_scores(
     blocks = Blocks.for_device(device)
     scores = torch.zeros(len(layers), hw.n_heads, 2, len(relations))
     row = {layer: i for i, layer in enumerate(layers)}
-    for f in head_factors(hw, layers, inputs.for_layer, progress=progress):
+    for f in head_factors(hw, layers, inputs.for_layer, bias=bias, progress=progress):
         a = f.a[batch.inverse]
         counts = count_outside(a, f.w_o, unembed, batch.dst, batch.cap, blocks, stats)
         scores[row[f.layer], f.head] = batch.fractions(*counts)
@@ -171,8 +180,8 @@ def _table_name(params: dict[str, Any], relations: list[Relation], n_layers: int
     default = [r.name for r in relations] == list(REGISTRY) and params["layers"] == list(
         range(n_layers)
     )
-    choices = (params["k"], params["embedding"], params["min_pairs"])
-    if default and choices == (None, "paper", MIN_PAIRS):
+    choices = (params["k"], params["embedding"], params["min_pairs"], params.get("bias"))
+    if default and choices == (None, "paper", MIN_PAIRS, None):
         return "relation_scores.csv"
     return f"relation_scores_{sha256_text(json.dumps(params_key(params), sort_keys=True))[:10]}.csv"
 
@@ -185,6 +194,7 @@ def run_relation_map(
     layers: list[int] | None = None,
     k: int | None = None,
     embedding: str = "paper",
+    bias: str = "none",
     min_pairs: int = MIN_PAIRS,
     recompute: bool = False,
     header: dict[str, Any] | None = None,
@@ -198,17 +208,27 @@ def run_relation_map(
     file named by a hash of their parameters, so they never overwrite it.
     """
     hw = lm.hw
-    embedding_kind(embedding, 1)  # an unknown mode fails before any work
+    embedding_kind(embedding, 1)  # an unknown mode or bias fails before any work
+    check_bias(bias)
     layers = list(range(hw.n_layers)) if layers is None else layers
     tokenized = [tokenize_relation(r, lm.tokenizer) for r in relations]
     kept = keep_scorable(tokenized, min_pairs, log)
     params = {"model": lm.info(), "relations": [r.sha256 for r in relations], "layers": layers}
     params |= {"k": k, "embedding": embedding, "min_pairs": min_pairs}
+    if bias != "none":  # recorded only when used, so tables made before the option stay valid
+        params["bias"] = bias
 
     def compute() -> Computed:
         stats = KernelStats()
         df = relation_scores(
-            hw, kept, layers=layers, k=k, embedding=embedding, progress=progress, stats=stats
+            hw,
+            kept,
+            layers=layers,
+            k=k,
+            embedding=embedding,
+            bias=bias,
+            progress=progress,
+            stats=stats,
         )
         found = {
             "model": lm.info(),
@@ -225,7 +245,7 @@ def run_relation_map(
         params,
         compute,
         recompute=recompute,
-        protocol=protocol(k, min_pairs),
+        protocol=protocol(k, min_pairs) | {"bias": BIAS_RULE[bias]},
         header=header,
         step="score",
     )

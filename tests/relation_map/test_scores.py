@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from mapslib.errors import BadArgument, TooFewPairs
 from mapslib.foundation.adapters import HeadWeights
@@ -33,12 +34,19 @@ def brute_force(
     k: int,
     mode: str,
     embedding: str,
+    bias: str = "none",
 ) -> float:
-    """phi_R by building M's rows with the d x d W_VO and calling torch.topk."""
+    """phi_R by building M's rows with the d x d W_VO (and the biases) and calling torch.topk."""
     E = hw.embedding()
     kind = embedding_kind(embedding, layer)
     e_in = {"raw": E, "mlp0": hw.mlp0(E), "mlp0-residual": E + hw.mlp0(E)}[kind]
-    M = e_in[list(rel.src_ids)] @ hw.W_VO(layer, head) @ hw.unembedding()
+    x = e_in[list(rel.src_ids)]
+    y = x @ hw.W_VO(layer, head)
+    if bias != "none":
+        y = y + hw.b_V(layer)[hw.kv_head(head)] @ hw.W_O(layer)[head]
+    if bias == "value+output":
+        y = y + hw.b_O(layer)
+    M = y @ hw.unembedding()
     top = torch.topk(M if mode == "promote" else -M, k, dim=1).indices
     return (top == torch.tensor(rel.dst_ids)[:, None]).any(1).double().mean().item()
 
@@ -56,6 +64,20 @@ def test_scores_match_brute_force(hw: HeadWeights, embedding: str) -> None:
         rel = rels[0] if row.relation == "copy" else rels[1]
         want = brute_force(hw, rel, row.layer, row.head, row.k, row.mode, embedding)
         assert row.score == pytest.approx(want, abs=1e-6), row
+
+
+@pytest.mark.parametrize("bias", ["value", "value+output"])
+def test_scores_with_biases_match_brute_force(bias: str) -> None:
+    """The bias option against the brute force, on families with b_V and b_O."""
+    for name in ("gpt2", "qwen2"):
+        hw = HeadWeights(tiny_model(name))
+        rel = synthetic_relation("random", hw.vocab_size, 35, 1)
+        df = relation_scores(hw, [rel], k=5, bias=bias, sample_stride=4)
+        plain = relation_scores(hw, [rel], k=5, sample_stride=4)
+        for row in df.itertuples():
+            want = brute_force(hw, rel, row.layer, row.head, 5, row.mode, "paper", bias)
+            assert row.score == pytest.approx(want, abs=1e-6), (name, row)
+        assert (df["score"] != plain["score"]).any()  # the biases change some score
 
 
 def test_k_rule_and_override() -> None:
