@@ -96,6 +96,12 @@ def _check_out(path: str | None, suffixes: tuple[str, ...], flag: str = "--out")
     return Path(path)
 
 
+def _check_static(path: str | None) -> None:
+    """A --static file must exist: said before the slow model load."""
+    if path is not None and not Path(path).is_file():
+        raise BadArgument(f"--static file not found: {path}")
+
+
 def _header(args: argparse.Namespace, t_load: float) -> dict[str, Any]:
     """What the command line adds to a sidecar: the command, its arguments, the time, load time."""
     return {
@@ -360,6 +366,7 @@ def cmd_correlate(args: argparse.Namespace) -> None:
     out = _check_out(args.out, (".csv",))
     dyn_out = _check_out(args.dynamic_out, (".csv",), "--dynamic-out")
     parse_templates(args.templates)  # the syntax, before the slow model load
+    _check_static(args.static)
     relations = load_relations(args.relations)
     lm, t_load = _load(args)
     static = static_scores(lm, relations, args.static, progress=_progress())
@@ -412,6 +419,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     _check_positive(args, "random_draws", "step")
     relations = load_relations(args.relations or list(TASK_PROMPTS))
     check_task_relations(relations)
+    _check_static(args.static)
     lm, t_load = _load(args)
     static = static_scores(lm, relations, args.static, progress=_progress())
     df = run_ablation(
@@ -440,9 +448,17 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 PARSERS = [_relations_parser, _book_parser, _salient_parser, _correlate_parser, _ablate_parser]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with mapslib's error format: one `error:` line naming the fix, status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every command."""
-    parser = argparse.ArgumentParser(prog="python -m mapslib", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m mapslib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in PARSERS:
         add(sub)
@@ -474,7 +490,10 @@ def _log_to_stderr() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the command, and turn user errors into one clear line."""
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a malformed command line (2)
+        return int(e.code or 0)
     args.argv = argv
     _log_to_stderr()
     try:

@@ -141,6 +141,16 @@ def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "unknown relation" in _error(
         ["relations", "--relations", "nope", "--out", str(tmp_path / "a.csv")], capsys
     )
+    missing = str(tmp_path / "none.csv")
+    for cmd in ("correlate", "ablate"):  # before the model is loaded
+        err = _error([cmd, "--static", missing, "--out", str(tmp_path / "a.csv")], capsys)
+        assert "--static file not found" in err and "Loading" not in err
+    assert "no task prompt for word_to_synonym" in _error(
+        ["ablate", "--relations", "synonym", "--out", str(tmp_path / "a.csv")], capsys
+    )
+    assert "--bias" in _error(  # argparse's own message, still one error line and status 2
+        ["relations", "--bias", "output", "--out", str(tmp_path / "a.csv")], capsys
+    )
 
 
 @pytest.mark.slow
