@@ -74,7 +74,7 @@ from mapslib.behaviour.correlation import (
 )
 from mapslib.foundation.io import write_table
 from mapslib.relation_map.relations import load_relations, scorable
-from mapslib.relation_map.scores import maps_by_embedding
+from mapslib.relation_map.scores import maps_by_bias, maps_by_embedding
 from mapslib.report import plots_behaviour
 from mapslib.report.display import open_chapter
 from mapslib.report.tables import correlation_beside_paper, p_text
@@ -162,6 +162,23 @@ median_r_by_reach(corr).round(3)
 
 # %%
 correlations_by_map(maps, dynamic).round(3)
+
+# %% [markdown]
+# ## Do the biases help? (beyond the paper)
+#
+# The paper reads $M = E_\text{in} W_V W_O U$ and omits the value and output biases, listing that
+# as a limitation. Some families have them: Qwen2 has $b_V$ (its q, k and v projections carry
+# biases), GPT-2, Pythia and Phi-2 have $b_V$ and $b_O$. The map can include them (`bias` of
+# `run_relation_map`, `--bias` on the command line): `value` reads rows of
+# $(E_\text{in} W_V + b_V) W_O U$, what the head writes when it attends to the source alone;
+# `value+output` adds the layer's $b_O$. The dynamic scores above include $b_V$ (it is part of the
+# head's value), so they can say which static map is closer to behaviour. The promotion $r$ per
+# relation for each map the model allows, and the median in the last row:
+
+# %%
+print("biases in this model:", ", ".join(hw.biases()) or "none, so there is one map only")
+bias_maps = maps_by_bias(lm, rels, out_dir, recompute=recompute)
+correlations_by_map(bias_maps, dynamic).round(3)
 
 # %% [markdown]
 # ## Suppression

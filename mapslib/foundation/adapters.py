@@ -193,6 +193,15 @@ class HeadWeights:
         b = getattr(self.out_proj(layer), "bias", None)
         return b.detach() if b is not None else self.W_O(layer).new_zeros(self.d_model)
 
+    def biases(self) -> list[str]:
+        """Which of b_V and b_O the model has (non-zero in some layer): `value`, `output`."""
+        layers = range(self.n_layers)
+        found = {
+            "value": any(bool(self.b_V(la).abs().max() > 0) for la in layers),
+            "output": any(bool(self.b_O(la).abs().max() > 0) for la in layers),
+        }
+        return [name for name, present in found.items() if present]
+
     def W_VO(self, layer: int, head: int) -> Tensor:
         """The full d x d OV matrix of one head; for tests and the naive baseline only."""
         return self.W_V(layer)[self.kv_head(head)] @ self.W_O(layer)[head]

@@ -264,6 +264,17 @@ def maps_by_embedding(
     return {m: run_relation_map(lm, relations, out, embedding=m, **kwargs) for m in modes}
 
 
+def maps_by_bias(
+    lm: LoadedModel, relations: list[Relation], out: str | Path | None, **kwargs: Any
+) -> dict[str, pd.DataFrame]:
+    """The relation map without biases and with each bias the model has (b_V, then b_V and b_O);
+    each cached as `run_relation_map`. A model without biases gets the plain map alone."""
+    has = lm.hw.biases()
+    wanted = ["none"] + (["value"] if "value" in has else [])
+    wanted += ["value+output"] if "output" in has else []
+    return {b: run_relation_map(lm, relations, out, bias=b, **kwargs) for b in wanted}
+
+
 def static_scores(
     lm: LoadedModel, relations: list[Relation], path: str | Path | None = None, **kwargs: Any
 ) -> pd.DataFrame:

@@ -85,3 +85,9 @@ def test_names_and_parsing(hw: HeadWeights):
         parse_layers("0,9", 3)
     with pytest.raises(BadArgument, match="value\\+output"):
         check_bias("output")
+
+
+def test_biases_present_are_reported():
+    assert HeadWeights(tiny_model("gpt2")).biases() == ["value", "output"]
+    assert HeadWeights(tiny_model("qwen2")).biases() == ["value"]
+    assert HeadWeights(tiny_model("gemma3")).biases() == []

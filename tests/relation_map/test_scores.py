@@ -155,3 +155,27 @@ def test_smollm2_scores_match_naive_topk(smollm2, smollm2_hw: HeadWeights) -> No
                         r.name,
                         mode,
                     )
+
+
+def test_run_relation_map_caches_each_bias_the_model_has(tmp_path) -> None:
+    """maps_by_bias: the plain map and one per bias the family has, each cached with its params."""
+    from helpers import WordTokenizer
+
+    from mapslib.foundation.models import LoadedModel
+    from mapslib.relation_map.relations import load_relation
+    from mapslib.relation_map.scores import maps_by_bias
+
+    rel_file = tmp_path / "pairs.csv"
+    rel_file.write_text("src,dst\n" + "".join(f"w{i},w{(i * 7) % 120 + 3}\n" for i in range(3, 43)))
+    rel = load_relation(rel_file)
+    for name, expected in (("qwen2", ["none", "value"]), ("gemma3", ["none"])):
+        lm = LoadedModel(tiny_model(name), WordTokenizer(), name, "local", "-", "r0")
+        maps = maps_by_bias(lm, [rel], tmp_path / name, k=3)
+        assert list(maps) == expected
+        files = sorted(p.name for p in (tmp_path / name).glob("*.csv"))
+        assert len(files) == len(expected)  # one table per bias, named by its parameters
+        again = maps_by_bias(lm, [rel], tmp_path / name, k=3)  # read back, not recomputed
+        for b in expected:
+            assert again[b].attrs["sidecar"] == maps[b].attrs["sidecar"]
+            assert again[b]["score"].tolist() == maps[b]["score"].tolist()
+    assert (maps_by_bias(lm, [rel], None, k=3)["none"]["n_pairs"] == 40).all()
