@@ -19,8 +19,8 @@
 #
 # The paper's second check (section 4.2, "Causal effect on model outputs") asks whether the heads
 # MAPS classifies as implementing a relation are the ones the model needs for a task that uses it.
-# For 13 relations a task prompt asks for the relation, e.g. "The capital of <X> is" or the
-# few-shot " John-> John; Donna-> Donna; <X>->"; every single-token pair $(s, t)$ of the relation
+# For 13 relations a task prompt asks for the relation, e.g. `The capital of <X> is` or the
+# few-shot ` John-> John; Donna-> Donna; <X>->`; every single-token pair $(s, t)$ of the relation
 # gives a prompt, and the model is right when its greedy next token is $t$.
 #
 # Heads are removed by zeroing their output at the **last position only**. The relation heads are

@@ -26,7 +26,7 @@
 # Here the multi-token pairs come from the shipped datasets: the pairs the single-token filter
 # drops because `" " + src` is several tokens while `" " + dst` is one. A relation is used when it
 # has at least 20 such pairs and has single-token static scores (at least 30 single-token pairs).
-# The prompt is the paper's "This is a document about <X>", cut after the source; the heads are
+# The prompt is the paper's `This is a document about <X>`, cut after the source; the heads are
 # read at the **last source token** (with context, and without: the head attending to that
 # position alone), scored with the relation's $k$, and correlated with the **single-token** static
 # scores. Beside it: the same correlation on the relation's single-token pairs, same template.
