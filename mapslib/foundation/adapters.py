@@ -5,6 +5,12 @@ MAPS needs, per attention head h of layer l: W_V(h) (d x d_head), its bias b_V(h
 first block's MLP with the norm that feeds it (and, in Gemma, the norm on its output). Families differ
 only in where these live and how q/k/v are packed, so a family is a row of data, not a class.
 
+The family's module paths name the tensors too: the value projection of layer 3 of a Llama is the
+module `model.layers.3.self_attn.v_proj`, and its weight is the tensor `model.layers.3.self_attn.v_proj.weight`
+in the loaded model and in its checkpoint alike. HeadWeights reads tensors by these names from a
+TensorSource: a loaded model (`ModuleSource`) or a checkpoint on disk read tensor by tensor
+(`mapslib.foundation.checkpoint`), so this file is the one place that knows where weights live.
+
 Grouped-query attention: query head h reads kv head h // (n_heads // n_kv_heads), the order of
 transformers' `repeat_interleave`. W_V is returned per kv head, so work on it is shared by its group.
 """
@@ -12,13 +18,16 @@ transformers' `repeat_interleave`. W_V is returned per kv head, so work on it is
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mapslib.errors import UnsupportedArchitecture
+from mapslib.errors import BadArgument, UnsupportedArchitecture
 
 
 @dataclass(frozen=True)
@@ -33,8 +42,13 @@ class Family:
     mlp_norm: str  # attribute of a block: the norm whose output feeds the MLP
     mlp_out_norm: str | None = None  # attribute of a block: a norm on the MLP's output (Gemma)
     qkv: str = "separate"  # "separate" (v_proj), "gpt2" (Conv1D c_attn), "neox" (fused per head)
+    value: str = "v_proj"  # attribute of the attention module: the value (or fused qkv) projection
+    unembed: str = "lm_head"  # dotted path to the output embedding (U^T; tied models share E's)
     conv1d: bool = False  # GPT-2 stores weights as (in, out)
     embed_scale: bool = False  # the forward pass multiplies embeddings by sqrt(d) (Gemma)
+    final_norm: str = "model.norm"  # dotted path to the norm before the unembedding
+    attn_out_norm: str | None = None  # attribute of a block: a norm on the attention output (Gemma)
+    norm_unit_offset: bool = False  # its RMSNorms scale by (1 + weight), not weight (Gemma)
 
 
 _LLAMA_LIKE = Family(
@@ -54,6 +68,8 @@ _GEMMA = Family(
     mlp_norm="pre_feedforward_layernorm",
     mlp_out_norm="post_feedforward_layernorm",
     embed_scale=True,
+    attn_out_norm="post_attention_layernorm",
+    norm_unit_offset=True,
 )
 
 FAMILIES: dict[str, Family] = {
@@ -65,7 +81,9 @@ FAMILIES: dict[str, Family] = {
         mlp="mlp",
         mlp_norm="ln_2",
         qkv="gpt2",
+        value="c_attn",
         conv1d=True,
+        final_norm="transformer.ln_f",
     ),
     "gpt_neox": Family(
         layers="gpt_neox.layers",
@@ -75,6 +93,8 @@ FAMILIES: dict[str, Family] = {
         mlp="mlp",
         mlp_norm="post_attention_layernorm",
         qkv="neox",
+        value="query_key_value",
+        final_norm="gpt_neox.final_layer_norm",
     ),
     # Phi-2: parallel block, one input norm feeds both attention and MLP.
     "phi": Family(
@@ -84,6 +104,7 @@ FAMILIES: dict[str, Family] = {
         out_proj="dense",
         mlp="mlp",
         mlp_norm="input_layernorm",
+        final_norm="model.final_layernorm",
     ),
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
@@ -100,29 +121,118 @@ def _get(obj: nn.Module, path: str) -> nn.Module:
     return obj
 
 
-class HeadWeights:
-    """Per-head OV weights, E, U and MLP_0 of a transformers causal LM, in MAPS's layout."""
+class TensorSource(ABC):
+    """Where HeadWeights reads tensors: parameters named by their dotted path in the transformers model
+    (`model.layers.3.self_attn.v_proj.weight`), whatever holds them.
+
+    Two sources: `ModuleSource`, a loaded model (its parameters, no copy), and
+    `checkpoint.CheckpointSource`, a checkpoint on disk read one tensor at a time. Tensors come in the
+    source's compute dtype, on its device, except where `stored=True` allows the dtype on disk.
+    """
+
+    config: Any  # the transformers config
+    device: torch.device
+    dtype: torch.dtype  # the dtype tensors are computed in
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The live model, when there is one (needed for hooks and forward passes)."""
+        return None
+
+    @abstractmethod
+    def get(self, path: str, *, stored: bool = False, keep: bool = False) -> Tensor | None:
+        """The tensor at `path`, or None if the model has none (a missing bias).
+
+        `stored`: the dtype it is stored in may be returned when narrower (for the kernels, which upcast
+        per block); `keep`: keep it for later calls (U).
+        """
+
+    @abstractmethod
+    def rows(self, path: str, ids: Tensor) -> Tensor:
+        """Rows `ids` of a 2-D tensor, without reading the others where possible."""
+
+    @abstractmethod
+    def shape(self, path: str) -> tuple[int, ...]:
+        """The shape of the tensor at `path`, without reading it."""
+
+    @abstractmethod
+    def module(self, path: str) -> nn.Module:
+        """The module at `path` with its weights (the first block's MLP and its norms)."""
+
+    def scalar(self, path: str) -> float | None:
+        """A scalar attribute of a module (Gemma's `embed_scale`), when the source can read it."""
+        return None
+
+
+class ModuleSource(TensorSource):
+    """A loaded transformers model: tensors are its parameters (views, no copy)."""
 
     def __init__(self, model: nn.Module):
-        model_type = getattr(model.config, "model_type", "?")
+        self._model = model
+        self.config = model.config
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return self._model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:  # type: ignore[override]
+        return self._model.get_input_embeddings().weight.dtype
+
+    def get(self, path: str, *, stored: bool = False, keep: bool = False) -> Tensor | None:
+        module, _, name = path.rpartition(".")
+        t = getattr(_get(self._model, module), name, None)
+        return None if t is None else t.detach()
+
+    def rows(self, path: str, ids: Tensor) -> Tensor:
+        return self.get(path)[ids]
+
+    def shape(self, path: str) -> tuple[int, ...]:
+        return tuple(self.get(path).shape)
+
+    def module(self, path: str) -> nn.Module:
+        return _get(self._model, path)
+
+    def scalar(self, path: str) -> float | None:
+        module, _, name = path.rpartition(".")
+        value = getattr(_get(self._model, module), name, None)
+        return None if value is None else float(value)
+
+
+class HeadWeights:
+    """Per-head OV weights, E, U and MLP_0 of a causal LM, in MAPS's layout.
+
+    Built on a loaded model (`HeadWeights(model)`) or on any TensorSource, such as a checkpoint read
+    tensor by tensor (`checkpoint.CheckpointSource`). Tensor names come from the Family's module
+    paths, the same for both. The module accessors (`layers`, `attention`, `out_proj`,
+    `embedding_module`, `model`) need a loaded model.
+    """
+
+    def __init__(self, source: nn.Module | TensorSource):
+        self.source = source if isinstance(source, TensorSource) else ModuleSource(source)
+        cfg = self.source.config
+        model_type = getattr(cfg, "model_type", "?")
         if model_type not in FAMILIES:
             raise UnsupportedArchitecture(
                 f"architecture {model_type!r} is not supported; supported model types: {', '.join(FAMILIES)}"
             )
-        self.model = model
+        self.config = cfg
         self.family = FAMILIES[model_type]
-        cfg = model.config
         self.n_layers: int = cfg.num_hidden_layers
         self.n_heads: int = cfg.num_attention_heads
         self.n_kv_heads: int = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.d_model: int = cfg.hidden_size
         self.d_head: int = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
-        self.vocab_size: int = self.embedding_module.weight.shape[0]
+        self.vocab_size: int = self.source.shape(self.embed_path)[0]
 
     def describe(self) -> dict[str, int | str]:
         """The dimensions MAPS works with, for a table in the book."""
         return {
-            "model_type": self.model.config.model_type,
+            "model_type": self.config.model_type,
             "layers": self.n_layers,
             "heads per layer": self.n_heads,
             "kv heads per layer": self.n_kv_heads,
@@ -132,7 +242,49 @@ class HeadWeights:
             "embedding scale": round(self.embed_scale, 4),
         }
 
-    # -- modules (also used for hooks) -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (and the work on them happens)."""
+        return self.source.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the weights are computed in."""
+        return self.source.dtype
+
+    # -- where the tensors are: the Family's module paths ------------------------------------------
+    @property
+    def embed_path(self) -> str:
+        """The token embedding's weight (E before any scale)."""
+        return f"{self.family.embed}.weight"
+
+    @property
+    def unembed_path(self) -> str:
+        """The output embedding's weight (U transposed); tied models share it with E."""
+        return f"{self.family.unembed}.weight"
+
+    def block_path(self, layer: int) -> str:
+        return f"{self.family.layers}.{layer}"
+
+    def value_path(self, layer: int) -> str:
+        """The module holding the value projection (fused with q and k in GPT-2 and GPT-NeoX)."""
+        return f"{self.block_path(layer)}.{self.family.attn}.{self.family.value}"
+
+    def out_proj_path(self, layer: int) -> str:
+        return f"{self.block_path(layer)}.{self.family.attn}.{self.family.out_proj}"
+
+    # -- modules (also used for hooks; a loaded model only) ------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        """The loaded model; weights-only sources have none."""
+        model = self.source.model
+        if model is None:
+            raise BadArgument(
+                "this needs the whole model (a forward pass or hooks), but the weights were read "
+                "without building it (--weights-only / load_weights); load it with load_model"
+            )
+        return model
+
     @property
     def layers(self) -> nn.ModuleList:
         return _get(self.model, self.family.layers)
@@ -149,49 +301,56 @@ class HeadWeights:
         """The output projection; its input is z of all heads, concatenated head-major."""
         return getattr(self.attention(layer), self.family.out_proj)
 
+    def final_norm_module(self) -> nn.Module:
+        """The norm applied to the residual stream before the unembedding."""
+        return _get(self.model, self.family.final_norm)
+
+    def attention_out_norm_module(self, layer: int) -> nn.Module | None:
+        """The norm on a block's attention output (Gemma 2/3), or None where it is added as is."""
+        name = self.family.attn_out_norm
+        return None if name is None else getattr(self.layers[layer], name)
+
     # -- per-head weights -----------------------------------------------------------------------------
     def kv_head(self, head: int) -> int:
         """The kv head a query head reads (grouped- and multi-query attention)."""
         return head // (self.n_heads // self.n_kv_heads)
 
-    def _value_weight_bias(self, layer: int) -> tuple[Tensor, Tensor | None]:
-        """Value projection as (n_kv, d, d_head) and bias (n_kv, d_head) or None."""
-        attn, f = self.attention(layer), self.family
-        n_kv, dh, d = self.n_kv_heads, self.d_head, self.d_model
-        if f.qkv == "gpt2":  # Conv1D: weight (d, 3d) = [q | k | v], each head-major
-            w = attn.c_attn.weight[:, 2 * d :].reshape(d, n_kv, dh).permute(1, 0, 2)
-            b = attn.c_attn.bias[2 * d :].reshape(n_kv, dh)
-            return w, b
-        if f.qkv == "neox":  # Linear: weight (3d, d) laid out (head, [q k v], d_head)
-            qkv = attn.query_key_value
-            w = qkv.weight.reshape(n_kv, 3, dh, d)[:, 2].transpose(1, 2)
-            b = qkv.bias.reshape(n_kv, 3, dh)[:, 2] if qkv.bias is not None else None
-            return w, b
-        v = attn.v_proj
-        w = v.weight.reshape(n_kv, dh, d).transpose(1, 2)
-        b = v.bias.reshape(n_kv, dh) if v.bias is not None else None
-        return w, b
-
     def W_V(self, layer: int) -> Tensor:
         """Value weights of every kv head of `layer`: (n_kv_heads, d, d_head)."""
-        return self._value_weight_bias(layer)[0].detach()
+        n_kv, dh, d = self.n_kv_heads, self.d_head, self.d_model
+        w = self.source.get(f"{self.value_path(layer)}.weight")
+        if self.family.qkv == "gpt2":  # Conv1D: weight (d, 3d) = [q | k | v], each head-major
+            return w[:, 2 * d :].reshape(d, n_kv, dh).permute(1, 0, 2)
+        if self.family.qkv == "neox":  # Linear: weight (3d, d) laid out (head, [q k v], d_head)
+            return w.reshape(n_kv, 3, dh, d)[:, 2].transpose(1, 2)
+        return w.reshape(n_kv, dh, d).transpose(1, 2)
 
     def b_V(self, layer: int) -> Tensor:
         """Value biases of every kv head of `layer`: (n_kv_heads, d_head); zeros if the model has none."""
-        w, b = self._value_weight_bias(layer)
-        return b.detach() if b is not None else w.new_zeros(self.n_kv_heads, self.d_head)
+        n_kv, dh, d = self.n_kv_heads, self.d_head, self.d_model
+        b = self.source.get(f"{self.value_path(layer)}.bias")
+        if b is None:
+            return torch.zeros(n_kv, dh, dtype=self.dtype, device=self.device)
+        if self.family.qkv == "gpt2":
+            return b[2 * d :].reshape(n_kv, dh)
+        if self.family.qkv == "neox":
+            return b.reshape(n_kv, 3, dh)[:, 2]
+        return b.reshape(n_kv, dh)
 
     def W_O(self, layer: int) -> Tensor:
         """Output weights of every query head of `layer`: (n_heads, d_head, d)."""
-        w = self.out_proj(layer).weight  # Linear: (d, n*dh); Conv1D: (n*dh, d)
+        # Linear: (d, n*dh); Conv1D: (n*dh, d)
+        w = self.source.get(f"{self.out_proj_path(layer)}.weight")
         w = w if self.family.conv1d else w.T
-        return w.reshape(self.n_heads, self.d_head, self.d_model).detach()
+        return w.reshape(self.n_heads, self.d_head, self.d_model)
 
     def b_O(self, layer: int) -> Tensor:
         """The output projection's bias, (d,): added once per layer to the heads' summed output;
         zeros if the model has none."""
-        b = getattr(self.out_proj(layer), "bias", None)
-        return b.detach() if b is not None else self.W_O(layer).new_zeros(self.d_model)
+        b = self.source.get(f"{self.out_proj_path(layer)}.bias")
+        if b is None:
+            return torch.zeros(self.d_model, dtype=self.dtype, device=self.device)
+        return b
 
     def biases(self) -> list[str]:
         """Which of b_V and b_O the model has (non-zero in some layer): `value`, `output`."""
@@ -210,30 +369,45 @@ class HeadWeights:
     @cached_property
     def embed_scale(self) -> float:
         """The factor the forward pass applies to token embeddings (sqrt(d) in Gemma, else 1)."""
-        scale = getattr(self.embedding_module, "embed_scale", None)
+        scale = self.source.scalar(f"{self.family.embed}.embed_scale")
         if scale is not None:
-            return float(scale)
+            return scale
         if self.family.embed_scale:  # Gemma 2 scales in the model's forward, rounded to its dtype
-            return float(
-                torch.tensor(math.sqrt(self.d_model), dtype=self.embedding_module.weight.dtype)
-            )
+            return float(torch.tensor(math.sqrt(self.d_model), dtype=self.dtype))
         return 1.0
 
     def embedding(self) -> Tensor:
         """E: (|V|, d), including the scale the forward pass applies."""
-        return (self.embedding_module.weight * self.embed_scale).detach()
+        return self.source.get(self.embed_path) * self.embed_scale
 
     def embed(self, token_ids: Tensor) -> Tensor:
         """Rows of E for `token_ids`, without building all of E."""
-        return (self.embedding_module.weight[token_ids] * self.embed_scale).detach()
+        return self.source.rows(self.embed_path, token_ids) * self.embed_scale
 
-    def unembedding(self) -> Tensor:
-        """U: (d, |V|), the lm_head weight transposed (E^T for tied models)."""
-        return self.model.get_output_embeddings().weight.detach().T
+    def unembedding(self, stored: bool = False) -> Tensor:
+        """U: (d, |V|), the output embedding's weight transposed (E^T for tied models).
+
+        With `stored`, U may come in the narrower dtype its checkpoint stores it in (bf16, fp16), kept
+        for later calls: only for the kernels, which upcast it per column block. A loaded model's U is
+        its weight, whatever `stored` says.
+        """
+        return self.source.get(self.unembed_path, stored=stored, keep=True).T
+
+    def mlp0_function(self) -> Callable[[Tensor], Tensor]:
+        """`mlp0` with the first block's MLP and norms fetched once (a checkpoint builds them): call it
+        on every chunk, then drop it."""
+        block, f = self.block_path(0), self.family
+        mlp = self.source.module(f"{block}.{f.mlp}")
+        norm = self.source.module(f"{block}.{f.mlp_norm}")
+        out_norm = self.source.module(f"{block}.{f.mlp_out_norm}") if f.mlp_out_norm else None
+
+        def mlp0(x: Tensor) -> Tensor:
+            with torch.no_grad():
+                out = mlp(norm(x))
+                return out_norm(out) if out_norm is not None else out
+
+        return mlp0
 
     def mlp0(self, x: Tensor) -> Tensor:
         """What the first block's MLP writes on residual stream x, norms included, no residual."""
-        block, f = self.layers[0], self.family
-        with torch.no_grad():
-            out = getattr(block, f.mlp)(getattr(block, f.mlp_norm)(x))
-            return getattr(block, f.mlp_out_norm)(out) if f.mlp_out_norm else out
+        return self.mlp0_function()(x)

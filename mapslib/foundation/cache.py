@@ -6,7 +6,8 @@ Every experiment writes its table atomically with a JSON beside it (`scores.csv`
   rerun with equal `params` reads the table instead of computing it, unless `recompute` is passed;
 * `protocol`: the rules and defaults the experiment applied, in words and numbers;
 * what the run found on the way (pairs kept per relation, kernel work, ...), the environment, the
-  timings, and for the command line its command and arguments.
+  timings, the process's peak memory so far (`memory`), and for the command line its command and
+  arguments.
 The sidecar of a returned table is also in `table.attrs["sidecar"]`. Tables holding token text
 should use a `.json` path: CSV readers turn tokens such as "NA" or "null" into missing values.
 """
@@ -33,11 +34,29 @@ def normalise(params: dict[str, Any]) -> Any:
 
 def params_key(params: dict[str, Any]) -> Any:
     """What decides a result: `params` without where the model file happens to lie on this machine
-    (its SHA-256, under `revision`, identifies the weights), so caches and names hold across clones."""
+    (its SHA-256, under `revision`, identifies the weights), so caches and names hold across clones,
+    and without how the weights were read (`loader`: whole model or weights only give the same
+    weights, bit for bit, hence the same table)."""
     key = normalise(params)
     if isinstance(key.get("model"), dict):
         key["model"].pop("location", None)
+        key["model"].pop("loader", None)
     return key
+
+
+def peak_memory() -> dict[str, float]:
+    """This process's peak memory so far, in GiB: resident set (ru_maxrss: loading included) and,
+    when CUDA was used, the largest total of CUDA tensors."""
+    import resource
+    import sys
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"peak_rss_gib": round(rss / (2**30 if sys.platform == "darwin" else 2**20), 3)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return out
 
 
 def table_path(out: str | Path, default_name: str) -> Path:
@@ -91,6 +110,7 @@ def cached_table(
         **normalise(found),
         "environment": environment(),
         "timings_s": timings,
+        "memory": peak_memory(),
     }
     if path is not None:
         write_table(path, df, meta)

@@ -63,13 +63,19 @@ class InputEmbeddings:
             return self.raw()
         if "mlp0" not in self._cache:
             raw = self.raw()
-            parts = [
-                self.hw.mlp0(raw[i : i + self.chunk]) for i in range(0, raw.shape[0], self.chunk)
-            ]
+            mlp0 = self.hw.mlp0_function()  # a weights-only source builds the MLP once, here
+            parts = [mlp0(raw[i : i + self.chunk]) for i in range(0, raw.shape[0], self.chunk)]
             self._cache["mlp0"] = torch.cat(parts)
         if kind == "mlp0-residual" and kind not in self._cache:
             self._cache[kind] = self.raw() + self._cache["mlp0"]
         return self._cache[kind]
+
+    def prepare(self, layers: list[int]) -> InputEmbeddings:
+        """Compute now every representation heads of `layers` read. Callers do this before reading U,
+        so that a weights-only source has dropped the first block's MLP by then."""
+        for kind in {embedding_kind(self.mode, layer) for layer in layers}:
+            self.kind(kind)
+        return self
 
     def for_layer(self, layer: int) -> Tensor:
         """E_in rows for heads of `layer` under this mode."""

@@ -3,6 +3,11 @@
 GGUF files are dequantised to float32 by transformers, which is slow (about 16 s for SmolLM2, 45 s for
 Gemma-3). The dequantised weights are cached once per file hash under `$MAPSLIB_CACHE` (default
 `~/.cache/mapslib`), so later loads take well under a second and give bit-identical weights.
+
+`load_weights` is the weights-only alternative for the static analyses: the tokenizer and config,
+and a HeadWeights that reads each tensor from the checkpoint (safetensors or GGUF) when it is needed
+(`foundation.checkpoint`), so a model far larger than memory can be mapped. Its weights are the
+ones `load_model` gives, bit for bit, and so are the scores.
 """
 
 from __future__ import annotations
@@ -66,6 +71,45 @@ class LoadedModel:
         }
 
 
+@dataclass
+class LoadedWeights:
+    """A model's weights read tensor by tensor from its checkpoint, its tokenizer, and where they
+    came from: what the static analyses need, without the model (`load_weights`).
+
+    It stands in for LoadedModel in the static entry points (run_relation_map, run_salient,
+    run_output_space, run_random_baseline). `info()` gives what LoadedModel's does, plus `loader`,
+    which caches ignore (the weights, hence the scores, are the same)."""
+
+    hw: HeadWeights
+    tokenizer: Any
+    spec: str
+    source: str  # "alias", "gguf", "local" or "hub"
+    location: str
+    revision: str
+    quantization: str = "none"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.hw.model  # raises: there is no model, only its weights
+
+    @property
+    def name(self) -> str:
+        return model_slug(self.spec)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "source": self.source,
+            "location": self.location,
+            "revision": self.revision,
+            "quantization": self.quantization,
+            "model_type": self.hw.config.model_type,
+            **self.extra,
+            "loader": self.hw.source.describe(self.hw.unembed_path),
+        }
+
+
 def model_slug(spec: str) -> str:
     """A folder-safe name for a model spec: aliases stay, paths and hub ids are flattened."""
     if spec in ALIASES:
@@ -111,6 +155,103 @@ def load_model(
     loaded.model.eval().requires_grad_(False)
     loaded.model.to(resolve_device(device))
     return loaded
+
+
+def load_weights(
+    spec: str = DEFAULT_MODEL,
+    *,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> LoadedWeights:
+    """The weights the static analyses read, tensor by tensor from the checkpoint, and the tokenizer.
+
+    `spec` as for load_model: an alias or .gguf file (tensors dequantised one at a time from the
+    GGUF file; no float32 copy of the model is written), a folder of safetensors (one file or
+    shards), or a hub id (its safetensors and tokenizer are fetched, where the hub is reachable).
+    Tensors are computed in `dtype` (float32, as load_model) on `device`."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from mapslib.foundation.checkpoint import CheckpointSource
+
+    source, location = _resolve(spec)
+    dev = resolve_device(device)
+    quantization = "none"
+    if source in ("alias", "gguf"):
+        path = Path(location)
+        digest = (ALIASES[spec].sha256 if source == "alias" else None) or sha256_file(path)
+        folder = _gguf_metadata(path, digest)
+        config = AutoConfig.from_pretrained(folder)
+        _check_model_type(config.model_type)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tensors = CheckpointSource.open(path, config=config, device=dev, dtype=dtype)
+        revision, quantization = f"sha256:{digest}", _quantization_from_name(path)
+    else:
+        folder = location if source == "local" else _hub_snapshot(spec, location)
+        try:
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise UnknownModel(
+                f"could not load model {spec!r}: {str(e).splitlines()[0]}. {_known_models()}"
+            ) from None
+        _check_model_type(config.model_type)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        tensors = CheckpointSource.open(folder, config=config, device=dev, dtype=dtype)
+        revision = getattr(config, "_commit_hash", None) or (
+            _folder_fingerprint(Path(folder)) if source == "local" else "unknown"
+        )
+    hw = HeadWeights(tensors)
+    return LoadedWeights(hw, tokenizer, spec, source, location, revision, quantization)
+
+
+def _check_model_type(model_type: str) -> None:
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedArchitecture(
+            f"architecture {model_type!r} is not supported; supported model types: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+
+
+def _gguf_metadata(path: Path, digest: str) -> Path:
+    """A folder with the GGUF file's config and tokenizer: the float32 cache's when load_model made
+    one (the same files it loads), else a small one made once from the file, beside it."""
+    full = cache_root() / "models" / f"{digest[:24]}-v{CACHE_FORMAT}"
+    if (full / "config.json").is_file() and (full / "tokenizer_config.json").is_file():
+        return full
+    meta = cache_root() / "gguf-meta" / f"{digest[:24]}-v{CACHE_FORMAT}"
+    if (meta / "config.json").is_file():
+        return meta
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    _check_model_type(config.model_type)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+    def write(tmp: Path) -> None:
+        _save_config(config, tmp)
+        tokenizer.save_pretrained(tmp)
+
+    _write_folder(meta, write)
+    return meta
+
+
+def _hub_snapshot(spec: str, repo_id: str) -> str:
+    """The local folder of a hub model's config, tokenizer and safetensors (fetched if needed)."""
+    from huggingface_hub import snapshot_download
+
+    offline = not _hub_reachable()
+    if offline and not _in_hub_cache(repo_id):
+        raise UnknownModel(
+            f"model {spec!r} is not in the local hub cache and the hub (huggingface.co) is not reachable. "
+            + _known_models()
+        )
+    patterns = ["*.json", "*.model", "*.txt", "*.jinja"]  # config and tokenizer
+    folder = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline))
+    index = folder / "model.safetensors.index.json"  # then the shards it lists, nothing else
+    shards = json.loads(index.read_text())["weight_map"].values() if index.is_file() else []
+    files = sorted(set(shards)) or ["model.safetensors"]
+    snapshot_download(repo_id, allow_patterns=files, local_files_only=offline)
+    return str(folder)
 
 
 def check_supported(model: torch.nn.Module) -> None:
@@ -198,17 +339,30 @@ def _save_cache(model: torch.nn.Module, tokenizer: Any, cache: Path) -> None:
     """Write config, float32 weights and tokenizer to `cache` atomically (a temp folder, then rename)."""
     from safetensors.torch import save_model
 
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}."))
-    try:
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    def write(tmp: Path) -> None:
+        _save_config(model.config, tmp)
         save_model(model, str(tmp / "model.safetensors"))
         tokenizer.save_pretrained(tmp)
-        if cache.exists():
-            shutil.rmtree(cache)
-        os.replace(tmp, cache)
+
+    _write_folder(cache, write)
+
+
+def _save_config(config: Any, folder: Path) -> None:
+    """config.json without the GGUF quantisation note (the weights are dequantised)."""
+    data = config.to_dict()
+    data.pop("quantization_config", None)
+    (folder / "config.json").write_text(json.dumps(data, indent=2))
+
+
+def _write_folder(folder: Path, write: Any) -> None:
+    """`write(tmp)` into a temp folder beside `folder`, then rename it into place (atomic)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        write(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

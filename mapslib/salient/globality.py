@@ -163,7 +163,7 @@ def sample_sources(vocab_size: int, sample: int | None, seed: int = 0) -> Tensor
 
 def default_sample(hw: HeadWeights, cpu_sample: int = 1024) -> int | None:
     """Exact (None) on a GPU or for vocabularies up to 8192 tokens, else `cpu_sample` sampled sources."""
-    on_gpu = hw.embedding_module.weight.device.type == "cuda"
+    on_gpu = hw.device.type == "cuda"
     return None if on_gpu or hw.vocab_size <= 8192 else cpu_sample
 
 
@@ -177,9 +177,9 @@ def head_targets(
 ) -> Tensor:
     """argmax_t M[s, t] (U's columns normalised) for every head of `layers` and source s: (L, H, n)."""
     layers = list(range(hw.n_layers)) if layers is None else list(layers)
-    device = hw.embedding_module.weight.device
+    device = hw.device
     sources = torch.arange(hw.vocab_size) if sources is None else sources
-    inputs = InputEmbeddings(hw, sources.to(device), embedding)
+    inputs = InputEmbeddings(hw, sources.to(device), embedding).prepare(layers)
     u_rows = normalized_unembedding_rows(hw.unembedding())
     blocks = Blocks.for_device(device)
     out = torch.empty(len(layers), hw.n_heads, len(sources), dtype=torch.long)

@@ -72,10 +72,11 @@ def top_mappings(
     embedding: str = "paper",
 ) -> pd.DataFrame:
     """For each source token: its k highest (or, with `suppress`, lowest) entries in the head's M."""
-    ids = torch.tensor(token_ids, device=hw.embedding_module.weight.device)
+    ids = torch.tensor(token_ids, device=hw.device)
     inputs = InputEmbeddings(hw, ids, embedding)
     (f,) = head_factors(hw, [layer], inputs.for_layer, heads=lambda _: [head])
-    values, cols = topk_rows(f.a, f.w_o, hw.unembedding(), k, largest=not suppress)
+    U = hw.unembedding(stored=True)  # the kernel upcasts a bf16 checkpoint's U per block
+    values, cols = topk_rows(f.a, f.w_o, U, k, largest=not suppress)
     rows = [
         {
             "source": shown(token_raw(tokenizer, src)),
@@ -144,11 +145,12 @@ def salient_mappings(
     """
     from tqdm import tqdm
 
-    inputs = InputEmbeddings(hw, None, embedding)
-    U = hw.unembedding()
+    grouped = _by_layer(heads)
+    # E_in before U: a weights-only source drops the first block's MLP before it reads U
+    inputs = InputEmbeddings(hw, None, embedding).prepare(list(grouped))
+    U = hw.unembedding(stored=True)  # the kernel upcasts a bf16 checkpoint's U per block
     blocks = Blocks.for_device(U.device)
     frames = []
-    grouped = _by_layer(heads)
     for layer, hs in tqdm(grouped.items(), desc="layers", unit="layer", disable=not progress):
         sal = (
             saliency[layer]
