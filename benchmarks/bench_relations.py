@@ -7,10 +7,11 @@ Measures, in one run on one machine:
   is dequantised) and warm, and its peak resident memory;
 * the naive way (benchmarks/naive_relations.py) on the same job, checked to give identical scores;
 * the achieved rate against the low-rank FLOP floor, 2 * pairs * d_head * |V| * heads;
-* `relations` on Gemma-3-270M (262k vocabulary): wall time and peak memory.
+* the same, cold and warm, with the kernel's work, for every real model (`--models`).
 
-Usage: python benchmarks/bench_relations.py [--skip-naive] [--skip-gemma] [--device cpu]
-Writes benchmarks/results/relations.json.
+Usage: python benchmarks/bench_relations.py [--models M ...] [--no-cold] [--skip-naive] [--device cpu]
+Updates benchmarks/results/relations.json (entries of models not run are kept). Run it on a quiet
+machine: on 2 cores any other process slows the kernels several-fold.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "relations.json"
+MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
 
 
 def run_process(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
@@ -88,38 +90,24 @@ def floor_flops(sidecar: dict, n_heads_total: int, d_head: int, vocab: int) -> f
     return 2.0 * pairs * d_head * vocab * n_heads_total
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--skip-naive", action="store_true")
-    p.add_argument("--skip-gemma", action="store_true")
-    args = p.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="mapsbench-"))
-    report: dict = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-        },
-        "device": args.device,
-        "matmul_gflops": matmul_rate(args.device),
-    }
-    print("matmul rate (GFLOP/s):", report["matmul_gflops"], flush=True)
-
-    cold_env = os.environ | {"MAPSLIB_CACHE": str(tmp / "cache")}
-    fast_csv = tmp / "fast.csv"
-    report["smollm2_cold"] = run_process(
-        relations_cmd("smollm2-135m", fast_csv, args.device), cold_env
-    )
-    print("smollm2 relations, cold cache:", report["smollm2_cold"], flush=True)
-    report["smollm2_warm"] = run_process(relations_cmd("smollm2-135m", fast_csv, args.device))
-    print("smollm2 relations, warm cache:", report["smollm2_warm"], flush=True)
-    side = json.loads(fast_csv.with_name("fast.csv.json").read_text())
-    score_s = side["timings_s"]["score"]
-    floor = floor_flops(side, 30 * 9, 64, 49152)
-    report["smollm2_kernel"] = {
-        "score_s": score_s,
-        "load_s": side["timings_s"]["load"],
+def bench_model(model: str, tmp: Path, device: str, cold: bool) -> dict:
+    """`relations` on one model: cold (fresh weight cache) if asked, then warm; timings and kernel."""
+    csv = tmp / f"{model}.csv"
+    out: dict = {}
+    if cold:
+        cold_env = os.environ | {"MAPSLIB_CACHE": str(tmp / "cache")}
+        out["cold"] = run_process(relations_cmd(model, csv, device), cold_env)
+        print(f"{model} relations, cold cache:", out["cold"], flush=True)
+    out["warm"] = run_process(relations_cmd(model, csv, device))
+    print(f"{model} relations, warm cache:", out["warm"], flush=True)
+    side = json.loads(csv.with_name(csv.name + ".json").read_text())
+    shape, score_s = side["architecture"], side["timings_s"]["score"]
+    heads = shape["layers"] * shape["heads per layer"]
+    floor = floor_flops(side, heads, shape["d_head"], shape["vocabulary"])
+    out["timings_s"] = side["timings_s"]
+    out["kernel"] = {
+        "heads": heads,
+        "scored_relations": sum(r["scored"] for r in side["relations"]),
         "floor_tflop": round(floor / 1e12, 2),
         "floor_rate_gflops": round(floor / score_s / 1e9, 1),
         "executed_tflop": round(side["kernel"]["flops"] / 1e12, 3),
@@ -127,57 +115,47 @@ def main() -> None:
         "rows": side["kernel"]["rows"],
         "rows_needing_full_pass": side["kernel"]["full_rows"],
     }
-    print("kernel:", report["smollm2_kernel"], flush=True)
+    print(f"{model} kernel:", out["timings_s"], out["kernel"], flush=True)
+    return out
 
-    if not args.skip_naive:
-        naive_csv = tmp / "naive.csv"
-        cmd = [
-            sys.executable,
-            str(HERE / "naive_relations.py"),
-            "smollm2-135m",
-            str(naive_csv),
-            args.device,
-        ]
-        report["smollm2_naive"] = run_process(cmd)
-        fast, naive = pd.read_csv(fast_csv), pd.read_csv(naive_csv)
-        key = ["layer", "head", "relation", "mode"]
-        merged = fast.merge(naive, on=key, suffixes=("", "_naive"))
-        report["smollm2_naive"]["rows_compared"] = len(merged)
-        report["smollm2_naive"]["rows_differing"] = int(
-            ((merged["score"] - merged["score_naive"]).abs() > 1e-6).sum()
-        )
-        report["speedup_warm"] = round(
-            report["smollm2_naive"]["wall_s"] / report["smollm2_warm"]["wall_s"], 1
-        )
-        report["speedup_cold"] = round(
-            report["smollm2_naive"]["wall_s"] / report["smollm2_cold"]["wall_s"], 1
-        )
-        print(
-            "naive:",
-            report["smollm2_naive"],
-            "speedup warm/cold:",
-            report["speedup_warm"],
-            report["speedup_cold"],
-            flush=True,
-        )
 
-    if not args.skip_gemma:
-        g_csv = tmp / "gemma.csv"
-        report["gemma_cold"] = run_process(
-            relations_cmd("gemma3-270m", g_csv, args.device), cold_env
-        )
-        report["gemma_warm"] = run_process(relations_cmd("gemma3-270m", g_csv, args.device))
-        g_side = json.loads(g_csv.with_name("gemma.csv.json").read_text())
-        report["gemma_timings_s"] = g_side["timings_s"]
-        report["gemma_scored_relations"] = sum(r["scored"] for r in g_side["relations"])
-        print(
-            "gemma cold/warm:",
-            report["gemma_cold"],
-            report["gemma_warm"],
-            g_side["timings_s"],
-            flush=True,
-        )
+def naive_check(fast_csv: Path, tmp: Path, device: str) -> dict:
+    """The naive way (full W_VO, full rows, torch.topk) on SmolLM2: wall time and score agreement."""
+    naive_csv = tmp / "naive.csv"
+    cmd = [sys.executable, str(HERE / "naive_relations.py"), "smollm2-135m", str(naive_csv), device]
+    out = run_process(cmd)
+    fast, naive = pd.read_csv(fast_csv), pd.read_csv(naive_csv)
+    merged = fast.merge(naive, on=["layer", "head", "relation", "mode"], suffixes=("", "_naive"))
+    out["rows_compared"] = len(merged)
+    out["rows_differing"] = int(((merged["score"] - merged["score_naive"]).abs() > 1e-6).sum())
+    return out
 
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--models", nargs="+", default=MODELS, help=f"default: {' '.join(MODELS)}")
+    p.add_argument("--no-cold", action="store_true", help="warm runs only")
+    p.add_argument("--skip-naive", action="store_true")
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="mapsbench-"))
+    report: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    report["machine"] = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    report["device"] = args.device
+    report["matmul_gflops"] = matmul_rate(args.device)
+    print("matmul rate (GFLOP/s):", report["matmul_gflops"], flush=True)
+    report.setdefault("models", {})
+    for model in args.models:
+        report["models"][model] = bench_model(model, tmp, args.device, not args.no_cold)
+        if model == "smollm2-135m" and not args.skip_naive:
+            naive = naive_check(tmp / f"{model}.csv", tmp, args.device)
+            warm = report["models"][model]["warm"]["wall_s"]
+            report["smollm2_naive"] = naive | {"speedup_warm": round(naive["wall_s"] / warm, 1)}
+            print("naive:", report["smollm2_naive"], flush=True)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {RESULTS}")

@@ -38,7 +38,7 @@ from mapslib.foundation.adapters import HeadWeights
 from mapslib.foundation.cache import Computed, cached_table, table_path
 from mapslib.foundation.heads import head_factors, value_factors
 from mapslib.foundation.hooks import capture_last, common_prefix, extend, prefill, select_rows
-from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside
+from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside_many
 from mapslib.foundation.models import LoadedModel
 from mapslib.foundation.tokens import token_texts
 from mapslib.relation_map.relations import (
@@ -215,15 +215,18 @@ def dynamic_scores(
     out = torch.zeros(hw.n_layers, hw.n_heads, len(MODES), 2 * n_groups)
     with torch.inference_mode():
         # no context: the head's own value at the last position, x W_V + b_V (the factor with b_V)
-        for f in head_factors(
+        factors = head_factors(
             hw, range(hw.n_layers), lambda la: x[la], bias="value", progress=progress
-        ):
-            a = torch.cat([f.a[prow], z[f.layer][prow, f.head]])
-            counts = count_outside(a, f.w_o, unembed, target, cap, blocks, stats)
+        )
+        problems = (
+            ((f.layer, f.head), torch.cat([f.a[prow], z[f.layer][prow, f.head]]), f.w_o, target)
+            for f in factors
+        )
+        for (layer, head), *counts in count_outside_many(problems, unembed, cap, blocks, stats):
             for m, count in enumerate(counts):
                 hits = torch.zeros(2 * n_groups, device=device)
                 hits.index_add_(0, slot, (count < k_row).float())
-                out[f.layer, f.head, m] = (hits / n_pairs).cpu()
+                out[layer, head, m] = (hits / n_pairs).cpu()
     k_of = dict(zip(row_keys, rows["k"], strict=True))
     return _dynamic_frame(out, keys, k_of, n_pairs[:n_groups].long().tolist())
 
@@ -311,6 +314,28 @@ def correlations_by_map(
     table = pd.concat(parts, axis=1, names=["map", "setting"])
     table.loc["median"] = table.median()
     return table
+
+
+CLEAR_MARGIN = 0.05  # a median r this much above the next map's counts as a clear preference
+
+
+def supported_reading(table: pd.DataFrame, setting: str = "no_context") -> str:
+    """One sentence naming the map (column group of `correlations_by_map`) with the highest median r
+    in `setting`, and whether its lead over the next exceeds CLEAR_MARGIN."""
+    med = table.loc["median"].xs(setting, level="setting").dropna().sort_values(ascending=False)
+    if med.empty:
+        return f"no map has a defined correlation {setting.replace('_', ' ')}"
+    listed = ", ".join(f"{m} {r:.3f}" for m, r in med.items())
+    if len(med) == 1:
+        return f"median r {setting.replace('_', ' ')}: {listed} (one map only)"
+    lead = med.iloc[0] - med.iloc[1]
+    verdict = (
+        f"{med.index[0]} tracks behaviour best (by {lead:.3f})"
+        if lead > CLEAR_MARGIN
+        else f"no clear winner ({med.index[0]} leads {med.index[1]} by {lead:.3f}, "
+        f"under {CLEAR_MARGIN})"
+    )
+    return f"median r {setting.replace('_', ' ')}: {listed}; {verdict}"
 
 
 PROTOCOL = {

@@ -15,13 +15,15 @@ such rows, always in column blocks so memory stays bounded:
 * `topk_rows`: the top-k entries (values and columns) of each row, for salient mappings.
 
 The full-row pass picks the cheaper association per head: `(a @ w_o) @ U` costs m*d*V, while
-`a @ (w_o @ U)` costs (d_head*d + m*d_head)*V, like TransformerLens' FactoredMatrix.
+`a @ (w_o @ U)` costs (d_head*d + m*d_head)*V, like TransformerLens' FactoredMatrix. Over many heads
+(`count_outside_many`), the rows that take the direct route are stacked across heads, so one pass
+over U serves a batch of heads: the pass is bound by reading U, not by its multiply-adds.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -56,6 +58,11 @@ class KernelStats:
     flops: float = 0.0
 
 
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """The dtype U is multiplied in: float32 for a bf16 or fp16 U (upcast per block), else its own."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 @dataclass(frozen=True)
 class Unembedding:
     """U (d x |V|) kept as its row-major transpose (the lm_head weight, no copy), plus a column sample."""
@@ -69,7 +76,8 @@ class Unembedding:
         """Wrap U (d x |V|) and take a strided sample of its columns, used to decide rows early."""
         rows = U.T.contiguous()  # a no-op for U = lm_head.weight.T
         stride = stride or default_stride(rows.shape[0])
-        return Unembedding(rows, rows[::stride].T.contiguous(), stride)
+        sample = rows[::stride].T.contiguous().to(_wide(rows.dtype))  # bf16/fp16 U: float32
+        return Unembedding(rows, sample, stride)
 
     @property
     def U(self) -> Tensor:
@@ -78,7 +86,14 @@ class Unembedding:
     @cached_property
     def max_norm(self) -> float:
         """The largest column norm of U, which bounds the rounding error of any entry of M."""
-        return float(self.rows.norm(dim=1).max())
+        wide = _wide(self.rows.dtype)
+        if self.rows.dtype == wide:
+            return float(self.rows.norm(dim=1).max())
+        step = 8192  # a bf16/fp16 U: in float32, a block of rows at a time
+        return max(
+            float(self.rows[i : i + step].to(wide).norm(dim=1).max())
+            for i in range(0, self.vocab_size, step)
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -140,8 +155,106 @@ def _cheaper(
     """Left rows and a column-block function for rows of a @ w_o @ U, in the cheaper association."""
     r, d = w_o.shape
     if r * d + n * r < n * d:
-        return a, lambda c0, c1: w_o @ U[:, c0:c1]
-    return b, lambda c0, c1: U[:, c0:c1]
+        return a, lambda c0, c1: w_o @ U[:, c0:c1].to(w_o.dtype)
+    return b, lambda c0, c1: U[:, c0:c1].to(b.dtype)
+
+
+@dataclass
+class _Pending:
+    """A problem whose sample pass is done: its counts so far and its undecided rows."""
+
+    key: object
+    above: Tensor
+    below: Tensor
+    todo: Tensor  # indices of the undecided rows
+
+
+def _sample_pass(
+    a: Tensor, w_o: Tensor, unembed: Unembedding, targets: Tensor, cap: int, blocks: Blocks
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Counts over the column sample; returns b = a W_O, target entries v, tolerances, above, below,
+    and the rows the sample leaves undecided."""
+    b = a @ w_o  # (n, d): rows of E_in W_VO, cheap
+    u_t = unembed.rows[targets].to(a.dtype)
+    v = (b * u_t).sum(1)  # the target entries
+    # Entries this close to the target differ from it by rounding alone: count them as ties. Both the
+    # target and an entry j carry rounding errors below ~3 eps ||b|| ||u|| (measured on SmolLM2 for
+    # both associations), so 4 eps ||b|| (||u_t|| + max_j ||u_j||) bounds their difference with margin.
+    tol = 4 * torch.finfo(a.dtype).eps * b.norm(dim=1) * (u_t.norm(dim=1) + unembed.max_norm)
+    stride, n_sample = unembed.stride, unembed.U_sample.shape[1]
+    in_sample = torch.where(targets % stride == 0, targets // stride, torch.full_like(targets, -1))
+    x, cols = _cheaper(a, b, w_o, unembed.U_sample, a.shape[0])
+    above, below = _count_over_columns(x, cols, n_sample, v, tol, in_sample, blocks)
+    todo = ((above < cap) | (below < cap)).nonzero().squeeze(1)
+    return b, v, tol, above, below, todo
+
+
+def count_outside_many(
+    problems: Iterable[tuple[object, Tensor, Tensor, Tensor]],
+    unembed: Unembedding,
+    cap: int,
+    blocks: Blocks | None = None,
+    stats: KernelStats | None = None,
+    max_rows: int = 8192,
+) -> Iterator[tuple[object, Tensor, Tensor]]:
+    """`count_outside` for many (key, a, w_o, targets) problems, e.g. every head of a model; yields
+    (key, above, below) as each is answered, not necessarily in order.
+
+    A head whose undecided rows are cheaper in the direct association, (a W_O) U, does not stream U on
+    its own: its rows wait, stacked with other heads', until `max_rows` wait, and one pass over U then
+    answers them all. Same multiply-adds, but U (|V| x d, 0.9 GB for Qwen2.5-1.5B) is read once per
+    batch of heads instead of once per head. Heads with many undecided rows keep the factored route.
+    """
+    blocks = blocks or Blocks.for_device(unembed.rows.device)
+    V = unembed.vocab_size
+    waiting: list[tuple[_Pending, Tensor, Tensor, Tensor, Tensor]] = []  # (item, rows, v, tol, tgt)
+    n_waiting = 0
+    for key, a, w_o, targets in problems:
+        b, v, tol, above, below, todo = _sample_pass(a, w_o, unembed, targets, cap, blocks)
+        (n, r), d, m = a.shape, w_o.shape[1], todo.numel()
+        if stats is not None:
+            stats.rows += n
+            stats.full_rows += m
+            n_sample = unembed.U_sample.shape[1]
+            stats.flops += 2 * (
+                n * r * d + _cost(n, r, d) * n_sample + (_cost(m, r, d) * V if m else 0)
+            )
+        item = _Pending(key, above, below, todo)
+        if m and r * d + m * r < m * d:  # factored is cheaper: this head streams U on its own
+            x, cols = _cheaper(a[todo], b[todo], w_o, unembed.U, m)
+            item.above[todo], item.below[todo] = _count_over_columns(
+                x, cols, V, v[todo], tol[todo], targets[todo], blocks
+            )
+        elif m:
+            waiting.append((item, b[todo], v[todo], tol[todo], targets[todo]))
+            n_waiting += m
+            if n_waiting >= max_rows:
+                yield from _full_pass(waiting, unembed, cap, blocks)
+                waiting, n_waiting = [], 0
+            continue
+        yield key, item.above.clamp_max(cap).long(), item.below.clamp_max(cap).long()
+    if waiting:
+        yield from _full_pass(waiting, unembed, cap, blocks)
+
+
+def _full_pass(
+    waiting: list[tuple[_Pending, Tensor, Tensor, Tensor, Tensor]],
+    unembed: Unembedding,
+    cap: int,
+    blocks: Blocks,
+) -> Iterator[tuple[object, Tensor, Tensor]]:
+    """Full rows of every waiting head's undecided rows, stacked: one pass over U for all of them."""
+    rows, v, tol, tgt = (torch.cat([w[i] for w in waiting]) for i in range(1, 5))
+    U = unembed.U
+    above, below = _count_over_columns(
+        rows, lambda c0, c1: U[:, c0:c1].to(rows.dtype), unembed.vocab_size, v, tol, tgt, blocks
+    )
+    at = 0
+    for item, part, *_ in waiting:
+        m = part.shape[0]
+        item.above[item.todo], item.below[item.todo] = above[at : at + m], below[at : at + m]
+        at += m
+        yield item.key, item.above.clamp_max(cap).long(), item.below.clamp_max(cap).long()
 
 
 def count_outside(
@@ -158,40 +271,10 @@ def count_outside(
     `targets[i]` is in the top-k of row i iff `above[i] < k`, and in the bottom-k iff `below[i] < k`,
     for any k <= cap. Returns two int64 tensors of length n.
     """
-    blocks = blocks or Blocks.for_device(a.device)
-    U, V = unembed.U, unembed.vocab_size
-    b = a @ w_o  # (n, d): rows of E_in W_VO, cheap
-    u_t = unembed.rows[targets]
-    v = (b * u_t).sum(1)  # the target entries
-    # Entries this close to the target differ from it by rounding alone: count them as ties. Both the
-    # target and an entry j carry rounding errors below ~3 eps ||b|| ||u|| (measured on SmolLM2 for
-    # both associations), so 4 eps ||b|| (||u_t|| + max_j ||u_j||) bounds their difference with margin.
-    tol = 4 * torch.finfo(a.dtype).eps * b.norm(dim=1) * (u_t.norm(dim=1) + unembed.max_norm)
-
-    (n, r), d = a.shape, w_o.shape[1]
-
-    # pass 1: a strided sample of columns decides most rows
-    stride, n_sample = unembed.stride, unembed.U_sample.shape[1]
-    in_sample = torch.where(targets % stride == 0, targets // stride, torch.full_like(targets, -1))
-    x, cols = _cheaper(a, b, w_o, unembed.U_sample, n)
-    above, below = _count_over_columns(x, cols, n_sample, v, tol, in_sample, blocks)
-    todo = ((above < cap) | (below < cap)).nonzero().squeeze(1)
-    m = todo.numel()
-    if stats is not None:
-        stats.rows += n
-        stats.full_rows += m
-        stats.flops += 2 * (
-            n * r * d + _cost(n, r, d) * n_sample + (_cost(m, r, d) * V if m else 0)
-        )
-
-    # pass 2: full rows for the undecided
-    if m:
-        x, cols = _cheaper(a[todo], b[todo], w_o, U, m)
-        full_above, full_below = _count_over_columns(
-            x, cols, V, v[todo], tol[todo], targets[todo], blocks
-        )
-        above[todo], below[todo] = full_above, full_below
-    return above.clamp_max(cap).long(), below.clamp_max(cap).long()
+    ((_, above, below),) = count_outside_many(
+        [(None, a, w_o, targets)], unembed, cap, blocks, stats
+    )
+    return above, below
 
 
 def topk_rows(
@@ -212,7 +295,8 @@ def topk_rows(
     best_i = torch.zeros((n, 0), dtype=torch.long, device=a.device)
     for c0 in range(0, V, blocks.cols * 4):
         c1 = min(c0 + blocks.cols * 4, V)
-        cols = w_o @ U[:, c0:c1] if use_factored else U[:, c0:c1]
+        cols = U[:, c0:c1].to(a.dtype)  # a bf16/fp16 U is upcast one block at a time
+        cols = w_o @ cols if use_factored else cols
         vals = x @ cols
         kk = min(k, c1 - c0)
         bv, bi = torch.topk(vals, kk, dim=1, largest=largest)

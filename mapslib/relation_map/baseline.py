@@ -15,7 +15,7 @@ for its full-row pass. Random rows are almost all decided by the column sample, 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from torch import Tensor
 from mapslib.foundation.adapters import HeadWeights
 from mapslib.foundation.cache import Computed, cached_table, table_path
 from mapslib.foundation.embeddings import InputEmbeddings
-from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside
+from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside_many
 from mapslib.foundation.models import LoadedModel
 from mapslib.relation_map.relations import Relation, TokenizedRelation, scorable
 from mapslib.relation_map.scores import TAU, PairBatch, protocol, scores_frame
@@ -80,22 +80,27 @@ def random_scores(
 
     layers = list(range(hw.n_layers)) if layers is None else list(layers)
     n_random = heads_per_layer or hw.n_heads
-    device = hw.embedding_module.weight.device
+    device = hw.device
     batch = PairBatch.build(relations, hw.vocab_size, k, device)
-    inputs = InputEmbeddings(hw, batch.sources, embedding)
-    unembed = Unembedding.prepare(hw.unembedding(), sample_stride)
+    # E_in before U: a weights-only source drops the first block's MLP before it reads U
+    inputs = InputEmbeddings(hw, batch.sources, embedding).prepare(layers)
+    unembed = Unembedding.prepare(hw.unembedding(stored=True), sample_stride)
     blocks = Blocks.for_device(device)
     scores = torch.zeros(len(layers), n_random, 2, len(relations))
     bar = tqdm(total=len(layers) * n_random, unit="head", disable=not progress)
-    for li, layer in enumerate(layers):
-        mean, std = layer_ov_stats(hw, layer)
-        gen = torch.Generator().manual_seed(layer_seed(seed, layer))
-        a = inputs.for_layer(layer)[batch.inverse]
-        for j in range(n_random):
-            w = random_ov(hw.d_model, mean, std, 1, gen)[0].to(device, a.dtype)
-            counts = count_outside(a, w, unembed, batch.dst, batch.cap, blocks, stats)
-            scores[li, j] = batch.fractions(*counts)
-            bar.update(1)
+
+    def problems() -> Iterator[tuple[tuple[int, int], Tensor, Tensor, Tensor]]:
+        for li, layer in enumerate(layers):
+            mean, std = layer_ov_stats(hw, layer)
+            gen = torch.Generator().manual_seed(layer_seed(seed, layer))
+            a = inputs.for_layer(layer)[batch.inverse]
+            for j in range(n_random):
+                w = random_ov(hw.d_model, mean, std, 1, gen)[0].to(device, a.dtype)
+                yield (li, j), a, w, batch.dst
+
+    for (li, j), *counts in count_outside_many(problems(), unembed, batch.cap, blocks, stats):
+        scores[li, j] = batch.fractions(*counts)
+        bar.update(1)
     bar.close()
     return scores_frame(scores, layers, batch)
 

@@ -29,7 +29,7 @@ from mapslib.foundation.embeddings import (
 )
 from mapslib.foundation.heads import check_bias, head_factors
 from mapslib.foundation.io import sha256_text
-from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside
+from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside_many
 from mapslib.foundation.models import LoadedModel
 from mapslib.relation_map.relations import (
     MIN_PAIRS,
@@ -129,17 +129,18 @@ def relation_scores(
     `bias` (foundation.heads.BIASES) adds b_V, or b_V and b_O, to the map; the paper omits both.
     """
     layers = list(range(hw.n_layers)) if layers is None else layers
-    device = hw.embedding_module.weight.device
+    device = hw.device
     batch = PairBatch.build(relations, hw.vocab_size, k, device)
-    inputs = InputEmbeddings(hw, batch.sources, embedding)
-    unembed = Unembedding.prepare(hw.unembedding(), sample_stride)
+    # E_in before U: a weights-only source drops the first block's MLP before it reads U
+    inputs = InputEmbeddings(hw, batch.sources, embedding).prepare(layers)
+    unembed = Unembedding.prepare(hw.unembedding(stored=True), sample_stride)
     blocks = Blocks.for_device(device)
     scores = torch.zeros(len(layers), hw.n_heads, 2, len(relations))
     row = {layer: i for i, layer in enumerate(layers)}
-    for f in head_factors(hw, layers, inputs.for_layer, bias=bias, progress=progress):
-        a = f.a[batch.inverse]
-        counts = count_outside(a, f.w_o, unembed, batch.dst, batch.cap, blocks, stats)
-        scores[row[f.layer], f.head] = batch.fractions(*counts)
+    factors = head_factors(hw, layers, inputs.for_layer, bias=bias, progress=progress)
+    problems = (((f.layer, f.head), f.a[batch.inverse], f.w_o, batch.dst) for f in factors)
+    for (layer, head), *counts in count_outside_many(problems, unembed, batch.cap, blocks, stats):
+        scores[row[layer], head] = batch.fractions(*counts)
     return scores_frame(scores, layers, batch)
 
 
@@ -232,6 +233,7 @@ def run_relation_map(
         )
         found = {
             "model": lm.info(),
+            "architecture": hw.describe(),
             "layers": layers,
             "embedding": embedding,
             "relations": relation_provenance(tokenized, hw.vocab_size, k, min_pairs),

@@ -228,3 +228,17 @@ def test_correlations_by_map_compares_static_maps_on_the_same_dynamic_scores():
         _expected_r(reversed_static)
     )
     assert table.loc["median"].equals(table.loc["adj_antonym"])
+
+
+def test_supported_reading_names_the_clear_winner_or_a_tie():
+    """The highest median wins when it leads by more than CLEAR_MARGIN; otherwise no clear winner."""
+    from mapslib.behaviour.correlation import supported_reading
+
+    cols = pd.MultiIndex.from_product(
+        [["paper", "raw"], ["no_context", "context"]], names=["map", "setting"]
+    )
+    table = pd.DataFrame([[0.8, 0.5, 0.6, 0.52]], index=["median"], columns=cols)
+    assert "paper tracks behaviour best (by 0.200)" in supported_reading(table, "no_context")
+    assert "no clear winner (raw leads paper by 0.020" in supported_reading(table, "context")
+    one = table[["paper"]]
+    assert supported_reading(one).endswith("(one map only)")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside, topk_rows
+from mapslib.foundation.kernels import (
+    Blocks,
+    KernelStats,
+    Unembedding,
+    count_outside,
+    count_outside_many,
+    topk_rows,
+)
 
 
 def _problem(n: int, r: int, d: int, v: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -112,3 +119,56 @@ def test_topk_rows_matches_torch_topk(largest: bool) -> None:
     want_v, want_i = torch.topk(M, 6, dim=1, largest=largest)
     torch.testing.assert_close(values, want_v)
     assert torch.equal(cols, want_i)
+
+
+@pytest.mark.parametrize("max_rows", [1, 7, 10_000])
+def test_count_outside_many_stacks_heads_and_matches_brute_force(max_rows: int) -> None:
+    """Problems answered together (rows stacked across heads, flushed every `max_rows`) give each
+    problem's brute-force counts; heads with many undecided rows take the factored route."""
+    g = torch.Generator().manual_seed(11)
+    U = torch.randn(16, 600, generator=g, dtype=torch.float64)
+    unembed = Unembedding.prepare(U, 8)
+    problems, want = [], {}
+    for key, (n, r, n_top) in enumerate([(30, 2, 30), (20, 4, 3), (25, 3, 0), (40, 2, 40)]):
+        a = torch.randn(n, r, generator=g, dtype=torch.float64)
+        w_o = torch.randn(r, 16, generator=g, dtype=torch.float64)
+        M = a @ w_o @ U
+        targets = M.argsort(dim=1)[:, 300]  # median: decided by the sample
+        targets[:n_top] = M.argmax(1)[:n_top]  # top-1: needs the full pass
+        problems.append((key, a, w_o, targets))
+        want[key] = tuple(c.clamp_max(10) for c in _brute_counts(M, targets))
+    stats = KernelStats()
+    got = {
+        key: (above, below)
+        for key, above, below in count_outside_many(
+            problems, unembed, 10, Blocks(8, 64), stats, max_rows=max_rows
+        )
+    }
+    assert sorted(got) == [0, 1, 2, 3]
+    for key, (above, below) in got.items():
+        assert torch.equal(above, want[key][0]) and torch.equal(below, want[key][1])
+    assert stats.full_rows == 30 + 3 + 40  # the top-1 rows, and no others
+
+
+def test_a_bf16_unembedding_gives_the_float32_counts_and_top_k() -> None:
+    """U kept in bf16 (weights-only reading) is upcast per block: the same counts and top-k as the
+    same values held in float32, exactly, since bf16 -> float32 is exact and the ops are the same."""
+    g = torch.Generator().manual_seed(0)
+    U = torch.randn(16, 96, generator=g).to(torch.bfloat16)
+    a, w_o = torch.randn(5, 4, generator=g), torch.randn(4, 16, generator=g)
+    targets = torch.tensor([0, 7, 31, 64, 95])
+    blocks = Blocks(rows=2, cols=32)
+    narrow, wide = Unembedding.prepare(U, 4), Unembedding.prepare(U.float(), 4)
+    assert narrow.rows.dtype == torch.bfloat16 and narrow.max_norm == wide.max_norm
+    for x, y in zip(
+        count_outside(a, w_o, narrow, targets, 3, blocks),
+        count_outside(a, w_o, wide, targets, 3, blocks),
+        strict=True,
+    ):
+        assert torch.equal(x, y)
+    for x, y in zip(
+        topk_rows(a, w_o, U, 3, blocks=blocks),
+        topk_rows(a, w_o, U.float(), 3, blocks=blocks),
+        strict=True,
+    ):
+        assert torch.equal(x, y)
