@@ -71,6 +71,7 @@ from mapslib.behaviour.correlation import (
     parse_templates,
     prompt_examples,
     run_dynamic_scores,
+    supported_reading,
 )
 from mapslib.foundation.io import write_table
 from mapslib.relation_map.relations import load_relations, scorable
@@ -161,7 +162,10 @@ median_r_by_reach(corr).round(3)
 # the two parts of this book: the answer differs between models.
 
 # %%
-correlations_by_map(maps, dynamic).round(3)
+by_map = correlations_by_map(maps, dynamic)
+for setting in ("no_context", "context"):
+    print(supported_reading(by_map, setting))
+by_map.round(3)
 
 # %% [markdown]
 # ## Do the biases help? (beyond the paper)
@@ -178,7 +182,10 @@ correlations_by_map(maps, dynamic).round(3)
 # %%
 print("biases in this model:", ", ".join(hw.biases()) or "none, so there is one map only")
 bias_maps = maps_by_bias(lm, rels, out_dir, recompute=recompute)
-correlations_by_map(bias_maps, dynamic).round(3)
+by_bias = correlations_by_map(bias_maps, dynamic)
+for setting in ("no_context", "context"):
+    print(supported_reading(by_bias, setting))
+by_bias.round(3)
 
 # %% [markdown]
 # ## Suppression

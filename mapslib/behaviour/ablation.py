@@ -9,8 +9,12 @@ the last position only (`hooks.ablate_last`).
   model's number of heads (< 300 -> 30, < 500 -> 50, < 1000 -> 100, < 1500 -> 150, else 250).
   They are removed one by one in score order: the accuracy curve at every level 1..n.
 * Random baseline: as many heads drawn from the heads *not* among the relation's top m, in
-  `draws` seeded draws, each removed in its drawn order; evaluated at every `step`-th level and at
-  n, so the last point ("minus random heads") always removes all n.
+  `random_draws` seeded draws (default 200), each removed in its drawn order. Every draw is
+  evaluated with all n removed ("minus random heads": mean and sample std over the draws, and the
+  empirical p-value: the share of draws that hurt the task at least as much as the relation heads,
+  (1 + #{draws <= relation}) / (1 + draws)); the first `curve_draws` (5, the paper's number of
+  draws) are also evaluated at every `step`-th level, for the curves, and summarised the paper's way
+  (mean, population std).
 * Controls: up to 5 other relations whose top heads overlap R's by < 15% (share of R's heads that
   are also theirs) and whose base accuracy is within 0.2 of R's, closest base accuracy first; R's
   relation heads are removed on their tasks, at the same levels as the random baseline.
@@ -81,8 +85,11 @@ PROTOCOL = {
     },
     "accuracy": "greedy next token == the dst token (' ' + dst, single-token pairs)",
     "ablation": "heads' z zeroed at the last position only",
-    "random_std": "population std (ddof 0) over the draws",
+    "random": "mean and sample std (ddof 1) over all draws with n heads removed; p_random = "
+    "(1 + #{draws with accuracy <= minus_relation}) / (1 + draws); minus_random_5: the first 5 "
+    "draws, mean and population std (ddof 0), as the paper reports",
 }
+CURVE_DRAWS = 5  # random draws evaluated at every level (the curves), the paper's number of draws
 ABLATION_COLUMNS = [
     "relation",
     "task",
@@ -222,7 +229,8 @@ def ablation_experiment(
     static: pd.DataFrame,
     *,
     max_prompts: int | None = None,
-    random_draws: int = 5,
+    random_draws: int = 200,
+    curve_draws: int = CURVE_DRAWS,
     seed: int = 0,
     step: int = 5,
     batch_rows: int = 256,
@@ -232,6 +240,7 @@ def ablation_experiment(
 
     `heads` is none (base accuracy, n_removed 0), relation or random (`draw` 0.. ; else -1). Rows
     whose `task` differs from `relation` are controls: the relation's heads removed on that task.
+    Random draws below `curve_draws` are evaluated at every `step`-th level, the others at n only.
     """
     with_task = [r for r in relations if r.name in TASK_PROMPTS]
     tasks = {r.name: build_task(r, max_prompts, seed) for r in with_task}
@@ -246,17 +255,21 @@ def ablation_experiment(
         rows += _rows(name, task, "none", -1, [0], [base[name]])
         top, n = heads[name], len(heads[name])
         if base[name] >= MIN_BASE and n:
-            levels = curve_levels(n, step)
+            levels = [
+                curve_levels(n, step) if d < curve_draws else [n] for d in range(random_draws)
+            ]
             drawn = [
                 random_heads(hw.n_layers, hw.n_heads, top, n, seed, d, name)
                 for d in range(random_draws)
             ]
-            sets = [top[:i] for i in range(1, n + 1)] + [r[:i] for r in drawn for i in levels]
+            sets = [top[:i] for i in range(1, n + 1)]
+            sets += [r[:i] for r, lv in zip(drawn, levels, strict=True) for i in lv]
             acc = runner.accuracy(sets)
             rows += _rows(name, task, "relation", -1, list(range(1, n + 1)), acc[:n])
-            for d in range(random_draws):
-                part = acc[n + d * len(levels) : n + (d + 1) * len(levels)]
-                rows += _rows(name, task, "random", d, levels, part)
+            at = n
+            for d, lv in enumerate(levels):
+                rows += _rows(name, task, "random", d, lv, acc[at : at + len(lv)])
+                at += len(lv)
         bar.update(1)
     rows += _control_rows(hw, tokenizer, tasks, heads, base, step, batch_rows)
     bar.update(len(tasks))
@@ -313,13 +326,13 @@ def ablation_summary(df: pd.DataFrame) -> pd.DataFrame:
             out.append(row | {"status": "no head with a positive score"})
             continue
         n = int(rel_curve["n_removed"].max())
-        rnd = own[(own["heads"] == "random") & (own["n_removed"] == n)]["accuracy"]
+        rnd = own[(own["heads"] == "random") & (own["n_removed"] == n)].sort_values("draw")
         last = ctrl[ctrl["n_removed"] == n]
+        minus_relation = float(rel_curve[rel_curve["n_removed"] == n]["accuracy"].iloc[0])
         row |= {
             "n_heads": n,
-            "minus_relation": float(rel_curve[rel_curve["n_removed"] == n]["accuracy"].iloc[0]),
-            "minus_random": float(rnd.mean()),
-            "minus_random_std": float(rnd.std(ddof=0)),
+            "minus_relation": minus_relation,
+            **random_control(rnd["accuracy"].to_numpy(), minus_relation),
             "control_base": float(base[last["task"]].mean()) if len(last) else np.nan,
             "control_minus_relation": float(last["accuracy"].mean()) if len(last) else np.nan,
             "controls": ", ".join(last["task"]),
@@ -334,18 +347,42 @@ def ablation_summary(df: pd.DataFrame) -> pd.DataFrame:
         "minus_relation",
         "minus_random",
         "minus_random_std",
+        "n_draws",
+        "p_random",
+        "minus_random_5",
+        "minus_random_5_std",
         "control_base",
         "control_minus_relation",
         "controls",
         "status",
     ]
     df = pd.DataFrame(out).reindex(columns=cols)
-    return df.astype({"n_heads": "Int64"})
+    return df.astype({"n_heads": "Int64", "n_draws": "Int64"})
 
 
-def effects(summ: pd.DataFrame) -> pd.DataFrame:
-    """Per run relation: accuracy drop with its relation heads, with random heads (mean, std), on its
-    controls, and whether the relation heads' drop exceeds the random one by more than 2 std."""
+def random_control(acc: np.ndarray, minus_relation: float) -> dict[str, float | int]:
+    """The random draws' accuracies with n heads removed, summarised against the relation heads'.
+
+    Mean and sample std (ddof 1) over all draws; the empirical p-value of "random heads hurt as much":
+    (1 + #{draws <= minus_relation}) / (1 + draws), never 0; and the first CURVE_DRAWS draws the
+    paper's way (mean, population std), for the comparison with its 5 draws.
+    """
+    first = acc[:CURVE_DRAWS]
+    return {
+        "minus_random": float(acc.mean()) if len(acc) else np.nan,
+        "minus_random_std": float(acc.std(ddof=1)) if len(acc) > 1 else np.nan,
+        "n_draws": len(acc),
+        "p_random": float((1 + np.sum(acc <= minus_relation)) / (1 + len(acc))),
+        "minus_random_5": float(first.mean()) if len(first) else np.nan,
+        "minus_random_5_std": float(first.std(ddof=0)) if len(first) else np.nan,
+    }
+
+
+def effects(summ: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Per run relation: accuracy drop with its relation heads, with random heads (mean, sample std),
+    on its controls, the empirical p-value, and whether the relation heads matter more: p < `alpha`
+    (fewer than 5% of random sets hurt as much). With 5 draws this cannot pass (p >= 1/6), which is
+    why the draws are many."""
     ok = summ[summ["status"] == "ok"].set_index("relation")
     out = pd.DataFrame(
         {
@@ -353,11 +390,28 @@ def effects(summ: pd.DataFrame) -> pd.DataFrame:
             "drop, random heads": ok["base"] - ok["minus_random"],
             "random std": ok["minus_random_std"],
             "drop on controls": ok["control_base"] - ok["control_minus_relation"],
+            "random draws": ok["n_draws"],
+            "p (random as harmful)": ok["p_random"],
         }
     )
-    margin = out["drop, relation heads"] - out["drop, random heads"]
-    out["relation heads matter more"] = margin > 2 * out["random std"]
+    out["relation heads matter more"] = out["p (random as harmful)"] < alpha
     return out
+
+
+def random_draws_table(summ: pd.DataFrame) -> pd.DataFrame:
+    """Per run relation: the random control from all draws beside the paper's way (first 5, ddof 0)."""
+    ok = summ[summ["status"] == "ok"].set_index("relation")
+    return pd.DataFrame(
+        {
+            "minus relation heads": ok["minus_relation"],
+            "random, first 5: mean": ok["minus_random_5"],
+            "random, first 5: std (ddof 0)": ok["minus_random_5_std"],
+            "random, all: mean": ok["minus_random"],
+            "random, all: std (ddof 1)": ok["minus_random_std"],
+            "draws": ok["n_draws"],
+            "p (random as harmful)": ok["p_random"],
+        }
+    )
 
 
 def check_task_relations(relations: list[Relation]) -> None:
@@ -376,7 +430,7 @@ def run_ablation(
     out: str | Path | None,
     *,
     max_prompts: int | None = 100,
-    random_draws: int = 5,
+    random_draws: int = 200,
     step: int = 5,
     seed: int = 0,
     batch_rows: int = 256,
@@ -462,6 +516,7 @@ def effect_sentence(summ: pd.DataFrame, relation: str) -> str:
     return (
         f"base {c['base']:.3f}; minus its {int(c['n_heads'])} relation heads "
         f"{c['minus_relation']:.3f} (drop {c['base'] - c['minus_relation']:.3f}); minus as many "
-        f"random heads {c['minus_random']:.3f} ± {c['minus_random_std']:.3f} "
-        f"(drop {c['base'] - c['minus_random']:.3f})"
+        f"random heads {c['minus_random']:.3f} ± {c['minus_random_std']:.3f} over "
+        f"{int(c['n_draws'])} draws (drop {c['base'] - c['minus_random']:.3f}; share of random sets "
+        f"that hurt as much, p = {c['p_random']:.3f})"
     )

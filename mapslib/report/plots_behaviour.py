@@ -160,6 +160,33 @@ def ablation_curves(df: pd.DataFrame, model: str, ncols: int = 3) -> Figure:
     return fig
 
 
+def random_null(df: pd.DataFrame, model: str, ncols: int = 4) -> Figure:
+    """Per relation: accuracy with each random head set removed (histogram) and with its relation heads."""
+    full = df[(df["heads"] == "random") & (df["task"] == df["relation"])]
+    last = full[full["n_removed"] == full.groupby("relation")["n_removed"].transform("max")]
+    rels = list(dict.fromkeys(last["relation"]))
+    nrows = max(1, int(np.ceil(len(rels) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 2.4 * nrows), squeeze=False)
+    for ax, rel in zip(axes.flat, rels, strict=False):
+        r = last[last["relation"] == rel]
+        n = int(r["n_removed"].iloc[0])
+        own = df[(df["relation"] == rel) & (df["task"] == rel) & (df["heads"] == "relation")]
+        ax.hist(r["accuracy"], bins=np.linspace(0, 1, 26), color="#4C72B0", alpha=0.8)
+        ax.axvline(own[own["n_removed"] == n]["accuracy"].iloc[0], color="#C44E52", lw=2)
+        ax.set_title(f"{label_of(rel)} ({n} heads)", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(rels) :]:
+        ax.axis("off")
+    fig.suptitle(
+        f"{model}: accuracy with random head sets removed (blue, {last['draw'].nunique()} draws) "
+        "and with the relation heads (red)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
 def multi_token_bars(comparison: pd.DataFrame, model: str, mode: str = "promote") -> Figure:
     """Pearson r on single-token vs multi-token sources, per relation and setting."""
     c = comparison[comparison["mode"] == mode]

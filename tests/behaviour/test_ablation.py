@@ -10,6 +10,7 @@ from helpers import WordTokenizer, static_table
 from tiny_models import softmax_in_model_dtype, tiny_model
 
 from mapslib.behaviour.ablation import (
+    ABLATION_COLUMNS,
     TASK_PROMPTS,
     Task,
     TaskRunner,
@@ -18,8 +19,11 @@ from mapslib.behaviour.ablation import (
     build_task,
     choose_controls,
     curve_levels,
+    effects,
     n_relation_heads,
     overlap,
+    random_control,
+    random_draws_table,
     random_heads,
     top_relation_heads,
 )
@@ -194,6 +198,51 @@ def test_ablation_experiment_rows_and_summary():
     assert summ.loc[names[0], "minus_random"] == pytest.approx(
         rnd[rnd["n_removed"] == 3]["accuracy"].mean()
     )
+
+
+def test_only_the_curve_draws_get_every_level():
+    """Draws below curve_draws are evaluated at every step level; the rest only with all n removed."""
+    model = tiny_model("llama")
+    hw = HeadWeights(model)
+    rel = _self_consistent_relation(model, "country_to_capital_wikidata", list(range(10, 22)))
+    top = {rel.name: [(1, 0), (1, 1), (0, 2)]}
+    df = ablation_experiment(
+        hw, WordTokenizer(), [rel], static_table(top, 2, 4), random_draws=7, curve_draws=2, step=2
+    )
+    rnd = df[df["heads"] == "random"]
+    levels = rnd.groupby("draw")["n_removed"].apply(sorted).to_dict()
+    assert levels == {0: [2, 3], 1: [2, 3], **{d: [3] for d in range(2, 7)}}
+    summ = ablation_summary(df).iloc[0]
+    assert summ["n_draws"] == 7
+
+
+def test_random_control_by_hand():
+    """Mean, sample std, p-value with the +1 correction, and the first five the paper's way."""
+    acc = np.array([0.9, 0.5, 0.2, 0.7, 0.6, 0.1, 0.8])
+    out = random_control(acc, minus_relation=0.2)
+    assert out["minus_random"] == pytest.approx(3.8 / 7, abs=1e-15)  # a mean of 7 float64s
+    sd = np.sqrt(sum((a - 3.8 / 7) ** 2 for a in acc) / 6)
+    assert out["minus_random_std"] == pytest.approx(sd, rel=1e-12)  # ddof 1, two summation orders
+    assert out["p_random"] == 3 / 8  # 0.2 and 0.1 are <= 0.2: (1 + 2) / (1 + 7), exact
+    assert out["minus_random_5"] == pytest.approx(2.9 / 5, abs=1e-15)
+    assert out["minus_random_5_std"] == pytest.approx(np.std(acc[:5]), rel=1e-12)  # ddof 0
+    assert np.isnan(random_control(np.array([0.5]), 0.0)["minus_random_std"])  # one draw: no spread
+
+
+def test_effects_pass_on_the_p_value():
+    """A relation passes when fewer than 5% of random sets hurt as much; 5 draws can never pass."""
+    rows = []
+    for rel, rel_acc, draws in (("a", 0.0, 199), ("b", 0.0, 5), ("c", 0.6, 199)):
+        rows.append((rel, rel, "none", -1, 0, 0.9, 10))
+        rows.append((rel, rel, "relation", -1, 3, rel_acc, 10))
+        rows += [(rel, rel, "random", d, 3, 0.5 + 0.001 * (d % 200), 10) for d in range(draws)]
+    df = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+    eff = effects(ablation_summary(df))
+    assert eff["relation heads matter more"].to_dict() == {"a": True, "b": False, "c": False}
+    assert eff.loc["a", "p (random as harmful)"] == 1 / 200
+    assert eff.loc["b", "p (random as harmful)"] == 1 / 6
+    table = random_draws_table(ablation_summary(df))
+    assert table.loc["c", "draws"] == 199 and table.loc["b", "draws"] == 5
 
 
 def test_summary_reports_skipped_relations():
