@@ -54,6 +54,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _weights_only_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="read only the weights this needs from the checkpoint (safetensors folder or .gguf), "
+        "one layer at a time, without building the model: for models larger than memory; same "
+        "scores",
+    )
+
+
 def _embedding_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--embedding", default="paper", choices=EMBEDDING_MODES, help="E_in mode (default: paper)"
@@ -113,11 +123,13 @@ def _header(args: argparse.Namespace, t_load: float) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, float]:
-    """The model the arguments name, and how long loading took."""
-    from mapslib.foundation.models import load_model
+    """The model the arguments name (only its weights, with --weights-only), and how long loading
+    took."""
+    from mapslib.foundation.models import load_model, load_weights
 
     t0 = time.perf_counter()
-    lm = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
+    load = load_weights if getattr(args, "weights_only", False) else load_model
+    lm = load(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
     return lm, time.perf_counter() - t0
 
 
@@ -133,6 +145,7 @@ def _relations_parser(sub: argparse._SubParsersAction) -> None:
         "relations", help="score every head on predefined relations (promote and suppress)"
     )
     _model_args(p)
+    _weights_only_arg(p)
     _relations_arg(p, "all shipped")
     p.add_argument(
         "--layers", default=None, help="comma-separated layers, e.g. 0,5,12 (default: all)"
@@ -235,6 +248,7 @@ def _salient_parser(sub: argparse._SubParsersAction) -> None:
         "salient", help="each head's most salient tokens and the tokens it maps them to"
     )
     _model_args(p)
+    _weights_only_arg(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--heads", default=None, help="comma-separated LAYER.HEAD, e.g. 23.2,23.3")
     which.add_argument(
@@ -399,7 +413,13 @@ def _ablate_parser(sub: argparse._SubParsersAction) -> None:
         default=100,
         help="task prompts per relation, sampled with --seed; 'all' for every pair (default: 100)",
     )
-    p.add_argument("--random-draws", type=int, default=5, help="random-head baselines (default: 5)")
+    p.add_argument(
+        "--random-draws",
+        type=int,
+        default=200,
+        help="random head sets, each removed at the relation's size; the first 5 also give the "
+        "curves (default: 200)",
+    )
     p.add_argument(
         "--step",
         type=int,
@@ -443,9 +463,64 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     )
 
 
+def _known_heads_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "known-heads",
+        help="IOI: each head's direct effect on logit(IO) - logit(S), beside its name-copying scores",
+    )
+    _model_args(p)
+    p.add_argument(
+        "--static",
+        default=None,
+        metavar="FILE.csv",
+        help="static scores from `python -m mapslib relations` for the same model, with "
+        "name_copying (default: computed)",
+    )
+    p.add_argument("--n-prompts", type=int, default=300, help="IOI prompts (default: 300)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the prompts (default: 0)")
+    p.add_argument(
+        "--batch-rows", type=int, default=64, help="prompts per forward pass (default: 64)"
+    )
+    p.add_argument("--out", required=True, help="output CSV; parameters go to OUT.json")
+
+
+@command("known-heads")
+def cmd_known_heads(args: argparse.Namespace) -> None:
+    """Direct effects of every head on IOI prompts, roles found by behaviour, MAPS's scores beside."""
+    from mapslib.behaviour.known_heads import NO_ROLE, run_known_heads
+    from mapslib.relation_map.relations import load_relations
+    from mapslib.relation_map.scores import static_scores
+
+    out = _check_out(args.out, (".csv",))
+    _check_positive(args, "n_prompts", "batch_rows")
+    _check_static(args.static)
+    lm, t_load = _load(args)
+    static = static_scores(lm, load_relations(["name_copying"]), args.static, progress=_progress())
+    df = run_known_heads(
+        lm,
+        static,
+        out,
+        n_prompts=args.n_prompts,
+        seed=args.seed,
+        batch_rows=args.batch_rows,
+        recompute=True,
+        header=_header(args, t_load),
+        progress=_progress(),
+    )
+    n_roles = int((df["role"] != NO_ROLE).sum())
+    log(f"wrote {len(df)} heads to {out} ({n_roles} with a role found by behaviour)")
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
-PARSERS = [_relations_parser, _book_parser, _salient_parser, _correlate_parser, _ablate_parser]
+PARSERS = [
+    _relations_parser,
+    _book_parser,
+    _salient_parser,
+    _correlate_parser,
+    _ablate_parser,
+    _known_heads_parser,
+]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -28,6 +28,10 @@ class TooFewPairs(MapsError):
     """No requested relation keeps enough single-token pairs for this tokenizer."""
 
 
+class TooFewNames(MapsError):
+    """Too few IOI names are a single token (with a leading space) for this tokenizer."""
+
+
 class MissingAPIKey(MapsError):
     """An LLM description was requested, but no API key is set in the environment."""
 

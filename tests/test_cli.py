@@ -142,11 +142,14 @@ def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         ["relations", "--relations", "nope", "--out", str(tmp_path / "a.csv")], capsys
     )
     missing = str(tmp_path / "none.csv")
-    for cmd in ("correlate", "ablate"):  # before the model is loaded
+    for cmd in ("correlate", "ablate", "known-heads"):  # before the model is loaded
         err = _error([cmd, "--static", missing, "--out", str(tmp_path / "a.csv")], capsys)
         assert "--static file not found" in err and "Loading" not in err
     assert "no task prompt for word_to_synonym" in _error(
         ["ablate", "--relations", "synonym", "--out", str(tmp_path / "a.csv")], capsys
+    )
+    assert "--n-prompts must be a positive integer, got 0" in _error(
+        ["known-heads", "--n-prompts", "0", "--out", str(tmp_path / "a.csv")], capsys
     )
     assert "--bias" in _error(  # argparse's own message, still one error line and status 2
         ["relations", "--bias", "output", "--out", str(tmp_path / "a.csv")], capsys
