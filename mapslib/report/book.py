@@ -3,7 +3,9 @@
 Chapters are `notebooks/NN_name.py` (jupytext percent, the source) paired with `notebooks/NN_name.ipynb`.
 For a model, each chapter is executed with papermill into `book/models/<model>/NN_name.ipynb`, with
 that folder as its working directory, so the tables it writes land in `book/models/<model>/data/`.
-`_toc.yml` is regenerated from the models present; jupyter-book (1.x) renders without executing.
+The book-level chapters (BOOK_CHAPTERS, e.g. 09_universality) load no model: they are executed once
+for the whole book, after the models' parts, into `book/cross_model/`, from the tables those parts
+wrote. `_toc.yml` is regenerated from what is present; jupyter-book (1.x) renders without executing.
 """
 
 from __future__ import annotations
@@ -25,12 +27,21 @@ from mapslib.foundation.models import ALIASES, DEFAULT_MODEL, model_slug
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 BOOK = ROOT / "book"
+BOOK_CHAPTERS = ("09_universality",)  # run once for the whole book, after the models' parts
+CROSS_MODEL = "cross_model"  # their folder in the book, and their part's caption in the toc
+CROSS_MODEL_CAPTION = "Across models"
 logger = logging.getLogger(__name__)
 
 
 def chapters(notebooks: Path = NOTEBOOKS) -> list[str]:
-    """Chapter names (`01_methods`, ...) in order, from the jupytext sources."""
-    return sorted(p.stem for p in notebooks.glob("[0-9][0-9]_*.py"))
+    """Per-model chapter names (`01_methods`, ...) in order, from the jupytext sources (the
+    book-level chapters, BOOK_CHAPTERS, are not among them)."""
+    return sorted(p.stem for p in notebooks.glob("[0-9][0-9]_*.py") if p.stem not in BOOK_CHAPTERS)
+
+
+def book_chapters(notebooks: Path = NOTEBOOKS) -> list[str]:
+    """Book-level chapter names in order: those of BOOK_CHAPTERS that have a jupytext source."""
+    return sorted(p.stem for p in notebooks.glob("[0-9][0-9]_*.py") if p.stem in BOOK_CHAPTERS)
 
 
 def select_chapters(wanted: list[str] | None, available: list[str]) -> list[str]:
@@ -57,26 +68,78 @@ def sync_notebook(py: Path) -> Path:
     return ipynb
 
 
+def _execute(chapter: str, folder: Path, params: dict[str, Any]) -> Path:
+    """papermill one chapter into `folder` (its working directory); a failing cell raises a
+    MapsError naming the cell's error and the executed notebook."""
+    import papermill
+
+    src = sync_notebook(NOTEBOOKS / f"{chapter}.py")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{chapter}.ipynb"
+    try:
+        papermill.execute_notebook(
+            str(src),
+            str(out),
+            parameters=params,
+            cwd=str(folder),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    except Exception as e:  # papermill's error carries the failing cell; keep its last line
+        if type(e).__name__ != "PapermillExecutionError":
+            raise
+        raise MapsError(
+            f"chapter {chapter} failed ({e.ename}: {e.evalue}); the executed notebook is {out}"
+        ) from None
+    return out
+
+
 def run_chapter(
     chapter: str, model: str, parameters: dict[str, Any], folder: Path | None = None
 ) -> Path:
     """Execute one chapter for `model` with papermill into `folder` (default: the model's book folder)."""
-    import papermill
-
-    src = sync_notebook(NOTEBOOKS / f"{chapter}.py")
-    folder = folder or model_folder(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    out = folder / f"{chapter}.ipynb"
     params = {"model": model, "out_dir": "data", **parameters}
-    papermill.execute_notebook(
-        str(src),
-        str(out),
-        parameters=params,
-        cwd=str(folder),
-        kernel_name="python3",
-        progress_bar=False,
-    )
+    return _execute(chapter, folder or model_folder(model), params)
+
+
+def cross_model_folder(book: Path = BOOK) -> Path:
+    """Where the book-level chapters and their tables live."""
+    return book / CROSS_MODEL
+
+
+def run_cross_model(
+    chapters_wanted: list[str] | None = None,
+    parameters: dict[str, Any] | None = None,
+    *,
+    book: Path = BOOK,
+    log: Callable[[str], None] = logger.info,
+) -> list[Path]:
+    """Execute the book-level chapters (all, or those named) once, into `book/cross_model/`.
+
+    They read the tables every model's part of `book` wrote (parameter `book_dir`, passed only for a
+    book other than this repository's, so the executed notebooks do not record a local path)."""
+    selected = select_chapters(chapters_wanted, book_chapters())
+    params = {"out_dir": "data", **(parameters or {})}
+    if book.resolve() != BOOK.resolve():
+        params.setdefault("book_dir", str(book.resolve()))
+    out = []
+    for chapter in selected:
+        t = time.perf_counter()
+        log(f"running {chapter} for the whole book ...")
+        out.append(_execute(chapter, cross_model_folder(book), params))
+        log(f"  {chapter} done in {time.perf_counter() - t:.0f}s")
     return out
+
+
+def split_chapters(wanted: list[str] | None) -> tuple[list[str], list[str]]:
+    """Resolve `wanted` (None: all) into (per-model chapters, book-level chapters)."""
+    if not wanted:
+        return chapters(), book_chapters()
+    selected = select_chapters(wanted, chapters() + book_chapters())
+    return (
+        [c for c in selected if c not in BOOK_CHAPTERS],
+        [c for c in selected if c in BOOK_CHAPTERS],
+    )
 
 
 def model_folder(model: str, book: Path = BOOK) -> Path:
@@ -96,30 +159,35 @@ def run_book(
     *,
     fresh: bool = False,
     build: bool = True,
+    cross_model: bool = True,
     log: Callable[[str], None] = logger.info,
 ) -> Path | None:
-    """Execute the chapters for `model`, regenerate the model's index and `_toc.yml`, build the HTML.
+    """Execute the chapters for `model`, then the book-level chapters, regenerate the model's index
+    and `_toc.yml`, build the HTML.
 
+    `chapters_wanted` may name per-model and book-level chapters (None: all of both). The book-level
+    chapters (BOOK_CHAPTERS) are never run per model: they run once at the end, from every model's
+    tables, whenever a per-model chapter ran (unless `cross_model` is False) or when named; naming
+    only book-level chapters runs them alone. `parameters` go to the per-model chapters only.
     `fresh` removes the model's cached tables first, so each is computed once on the current code.
     A chapter that fails raises a MapsError naming the cell's error and the executed notebook.
     """
-    selected = select_chapters(chapters_wanted, chapters())
-    if fresh:
+    per_model, book_level = split_chapters(chapters_wanted)
+    if not chapters_wanted and not cross_model:
+        book_level = []
+    elif chapters_wanted and cross_model and per_model and not book_level:
+        book_level = book_chapters()
+    if fresh and per_model:
         clear_tables(model)
-    for chapter in selected:
+    for chapter in per_model:
         t = time.perf_counter()
         log(f"running {chapter} for {model} ...")
-        try:
-            run_chapter(chapter, model, parameters or {})
-        except Exception as e:  # papermill's error carries the failing cell; keep its last line
-            if type(e).__name__ != "PapermillExecutionError":
-                raise
-            where = model_folder(model) / f"{chapter}.ipynb"
-            raise MapsError(
-                f"chapter {chapter} failed ({e.ename}: {e.evalue}); the executed notebook is {where}"
-            ) from None
+        run_chapter(chapter, model, parameters or {})
         log(f"  {chapter} done in {time.perf_counter() - t:.0f}s")
-    write_model_index(model)
+    if per_model:
+        write_model_index(model)
+    if book_level:
+        run_cross_model(book_level, log=log)
     write_toc()
     return build_html() if build else None
 
@@ -141,7 +209,8 @@ def write_model_index(model: str, book: Path = BOOK) -> Path:
 
 
 def toc_text(root: Path = ROOT) -> str:
-    """The table of contents: the introduction, then one part per model folder that has an index."""
+    """The table of contents: the introduction, one part per model folder that has an index, then
+    the book-level chapters executed into `book/cross_model/` as a part of their own."""
     models = sorted(p.parent.name for p in (root / "book" / "models").glob("*/index.md"))
     default = model_slug(DEFAULT_MODEL)
     models.sort(key=lambda m: (m != default, m))
@@ -164,6 +233,11 @@ def toc_text(root: Path = ROOT) -> str:
             for c in chapters()
             if (folder / f"{c}.ipynb").exists()
         ]
+    cross = root / "book" / CROSS_MODEL
+    present = [c for c in book_chapters() if (cross / f"{c}.ipynb").exists()]
+    if present:
+        lines += [f"  - caption: {CROSS_MODEL_CAPTION}", "    chapters:"]
+        lines += [f"      - file: book/{CROSS_MODEL}/{c}" for c in present]
     return "\n".join(lines) + "\n"
 
 

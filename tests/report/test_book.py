@@ -29,6 +29,85 @@ def test_every_chapter_is_paired_and_in_sync() -> None:
             assert f"{p} = " in params[0].source, f"{name}: parameter {p} missing"
 
 
+def test_book_level_chapters_are_paired_and_not_per_model() -> None:
+    """09_universality runs once for the whole book: not among the per-model chapters, paired, with
+    the book-level parameters and no model parameter."""
+    assert book.book_chapters() == ["09_universality"]
+    assert "09_universality" not in book.chapters()
+    for name in book.book_chapters():
+        py, ipynb = book.NOTEBOOKS / f"{name}.py", book.NOTEBOOKS / f"{name}.ipynb"
+        assert ipynb.is_file(), f"{ipynb} missing: run jupytext --sync {py}"
+        a, b = jupytext.read(py), jupytext.read(ipynb)
+        assert [c.source for c in a.cells] == [c.source for c in b.cells]
+        params = [c for c in a.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1
+        for p in ("book_dir", "models", "out_dir"):
+            assert f"{p} = " in params[0].source, f"{name}: parameter {p} missing"
+        assert "model = " not in params[0].source
+
+
+def test_split_chapters() -> None:
+    per_model, book_level = book.split_chapters(None)
+    assert per_model == book.chapters() and book_level == ["09_universality"]
+    assert book.split_chapters(["02"]) == (["02_relation_map"], [])
+    assert book.split_chapters(["09", "01"]) == (["01_methods"], ["09_universality"])
+    with pytest.raises(BadArgument, match="09_universality"):
+        book.split_chapters(["99"])
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """run_book with papermill, tables, the index and the toc replaced by recorders."""
+    seen: dict[str, list] = {"model": [], "cross": [], "index": [], "clear": []}
+    monkeypatch.setattr(book, "run_chapter", lambda c, m, p: seen["model"].append(c))
+    monkeypatch.setattr(book, "run_cross_model", lambda c, log: seen["cross"].append(c))
+    monkeypatch.setattr(book, "write_model_index", lambda m: seen["index"].append(m))
+    monkeypatch.setattr(book, "clear_tables", lambda m: seen["clear"].append(m))
+    monkeypatch.setattr(book, "write_toc", lambda: None)
+    return seen
+
+
+def test_run_book_runs_the_cross_model_chapter_once_at_the_end(calls: dict[str, list]) -> None:
+    book.run_book("m", build=False)
+    assert calls["model"] == book.chapters() and calls["cross"] == [["09_universality"]]
+    assert calls["index"] == ["m"]
+
+
+@pytest.mark.parametrize(
+    ("wanted", "cross_model", "model_runs", "cross_runs"),
+    [
+        (["02"], True, ["02_relation_map"], [["09_universality"]]),  # refreshed after a chapter
+        (["02"], False, ["02_relation_map"], []),
+        (None, False, None, []),
+        (["09"], True, [], [["09_universality"]]),  # the cross-model chapter alone
+        (["09"], False, [], [["09_universality"]]),  # named: runs whatever cross_model says
+    ],
+)
+def test_run_book_chapter_selection(
+    calls: dict[str, list], wanted, cross_model: bool, model_runs, cross_runs
+) -> None:
+    book.run_book("m", wanted, fresh=True, build=False, cross_model=cross_model)
+    assert calls["model"] == (book.chapters() if model_runs is None else model_runs)
+    assert calls["cross"] == cross_runs
+    ran_model = bool(calls["model"])
+    assert calls["index"] == (["m"] if ran_model else [])
+    assert calls["clear"] == (["m"] if ran_model else [])  # --fresh never clears for 09 alone
+
+
+def test_run_cross_model_passes_the_book_only_when_it_is_another(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen = []
+    monkeypatch.setattr(book, "_execute", lambda c, folder, params: seen.append((folder, params)))
+    book.run_cross_model(log=lambda _: None)
+    book.run_cross_model(book=tmp_path, log=lambda _: None)
+    assert seen[0] == (book.BOOK / "cross_model", {"out_dir": "data"})
+    assert seen[1] == (
+        tmp_path / "cross_model",
+        {"out_dir": "data", "book_dir": str(tmp_path.resolve())},
+    )
+
+
 def test_chapter_selection() -> None:
     available = ["01_methods", "02_relation_map"]
     assert book.select_chapters(["02"], available) == ["02_relation_map"]
@@ -71,6 +150,18 @@ def test_toc_lists_models_with_their_executed_chapters(tmp_path: Path) -> None:
     assert [s["file"] for s in toc["parts"][2]["chapters"][0]["sections"]] == [
         "book/models/other/01_methods"
     ]
+    # the book-level chapter, once executed, is a part of its own after the models
+    cross = tmp_path / "book" / "cross_model"
+    cross.mkdir()
+    (cross / "09_universality.ipynb").write_text("{}")
+    toc = yaml.safe_load(book.write_toc(tmp_path).read_text())
+    assert [p["caption"] for p in toc["parts"]] == [
+        "The method",
+        "smollm2-135m",
+        "other",
+        "Across models",
+    ]
+    assert toc["parts"][3]["chapters"] == [{"file": "book/cross_model/09_universality"}]
 
 
 def test_committed_toc_matches_the_generator() -> None:
