@@ -196,12 +196,21 @@ def write_model_index(model: str, book: Path = BOOK) -> Path:
     """The landing page of a model's part of the book."""
     slug = model_slug(model)
     described = ALIASES[model].description if model in ALIASES else model
+    missing = [c for c in chapters() if not (book / "models" / slug / f"{c}.ipynb").exists()]
+    pending = (
+        f"Not yet executed for this model: {', '.join(missing)}; they join this part when "
+        f"`python -m mapslib book --model {model} --chapters {' '.join(c[:2] for c in missing)}` "
+        "has run (tables already computed are reused).\n\n"
+        if missing
+        else ""
+    )
     text = (
         f"# {slug}\n\n"
         f"Model: **{described}**.\n\n"
         "Every chapter below was executed with papermill for this model; the tables it wrote are in "
         "`data/` beside the notebooks, each with a JSON of the parameters, model revision and versions "
         "that made it.\n\n"
+        f"{pending}"
         "Regenerate this part with:\n\n"
         f"```bash\npython -m mapslib book --model {model}\n```\n"
     )

@@ -169,3 +169,16 @@ def test_committed_toc_matches_the_generator() -> None:
     assert (book.ROOT / "_toc.yml").read_text() == book.toc_text(), (
         "run: python -m mapslib book --no-build ..."
     )
+
+
+def test_model_index_lists_the_chapters_not_yet_executed(tmp_path: Path) -> None:
+    """A part with some chapters executed says which are still to come; a complete part does not."""
+    folder = tmp_path / "models" / "smollm2-135m"
+    folder.mkdir(parents=True)
+    first, *rest = book.chapters()
+    (folder / f"{first}.ipynb").write_text("{}")
+    text = book.write_model_index("smollm2-135m", tmp_path).read_text()
+    assert f"Not yet executed for this model: {', '.join(rest)}" in text
+    for c in rest:
+        (folder / f"{c}.ipynb").write_text("{}")
+    assert "Not yet executed" not in book.write_model_index("smollm2-135m", tmp_path).read_text()
