@@ -1,6 +1,6 @@
 """Regenerate the small-parameter executed chapters that CI's nbval checks (tests/notebooks/).
 
-The behaviour chapters (04-06) take minutes with their book parameters; these versions keep every
+The behaviour chapters (04-06, 10) take minutes with their book parameters; these versions keep every
 code path and take seconds. Run after changing one of those chapters:
     python tests/make_nbval_notebooks.py
 """
@@ -28,13 +28,14 @@ CI_PARAMETERS = {
             "entity_to_pronoun",
         ],
         "max_prompts": 30,
-        "random_draws": 2,
+        "random_draws": 10,
         "step": 10,
     },
     "06_multi_token": {
         "relations": ["country_to_official_language_wikidata", "entity_to_pronoun"],
         "max_pairs": 20,
     },
+    "10_known_heads": {"n_prompts": 40},
 }
 
 if __name__ == "__main__":
