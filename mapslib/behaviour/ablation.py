@@ -90,6 +90,23 @@ PROTOCOL = {
     "draws, mean and population std (ddof 0), as the paper reports",
 }
 CURVE_DRAWS = 5  # random draws evaluated at every level (the curves), the paper's number of draws
+SUMMARY_COLUMNS = [  # ablation_summary's, one row per relation
+    "relation",
+    "n_prompts",
+    "n_heads",
+    "base",
+    "minus_relation",
+    "minus_random",
+    "minus_random_std",
+    "n_draws",
+    "p_random",
+    "minus_random_5",
+    "minus_random_5_std",
+    "control_base",
+    "control_minus_relation",
+    "controls",
+    "status",
+]
 ABLATION_COLUMNS = [
     "relation",
     "task",
@@ -339,24 +356,7 @@ def ablation_summary(df: pd.DataFrame) -> pd.DataFrame:
             "status": "ok",
         }
         out.append(row)
-    cols = [
-        "relation",
-        "n_prompts",
-        "n_heads",
-        "base",
-        "minus_relation",
-        "minus_random",
-        "minus_random_std",
-        "n_draws",
-        "p_random",
-        "minus_random_5",
-        "minus_random_5_std",
-        "control_base",
-        "control_minus_relation",
-        "controls",
-        "status",
-    ]
-    df = pd.DataFrame(out).reindex(columns=cols)
+    df = pd.DataFrame(out).reindex(columns=SUMMARY_COLUMNS)
     return df.astype({"n_heads": "Int64", "n_draws": "Int64"})
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mapslib.behaviour.ablation import ablation_summary, random_draws_table
+from mapslib.behaviour.ablation import SUMMARY_COLUMNS, ablation_summary, random_draws_table
 from mapslib.relation_map.relations import category_of, label_of
 from mapslib.relation_map.scores import TAU
 from mapslib.report.book_parts import (
@@ -173,23 +173,7 @@ def reading_table(parts: list[ModelPart]) -> pd.DataFrame:
 
 
 # -- causal ablation --------------------------------------------------------------------------------
-CAUSAL_COLUMNS = [  # ablation_summary's columns, for summaries written before some existed
-    "relation",
-    "n_prompts",
-    "n_heads",
-    "base",
-    "minus_relation",
-    "minus_random",
-    "minus_random_std",
-    "n_draws",
-    "p_random",
-    "minus_random_5",
-    "minus_random_5_std",
-    "control_base",
-    "control_minus_relation",
-    "controls",
-    "status",
-]
+CAUSAL_COLUMNS = SUMMARY_COLUMNS  # ablation_summary's, for summaries written before some existed
 
 
 def causal_summaries(parts: list[ModelPart]) -> dict[str, pd.DataFrame]:
