@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,24 +27,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from measure import run_process
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "relations.json"
 MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
-
-
-def run_process(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run a command; return its wall time and the peak RSS of that one process (os.wait4)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    err = proc.stderr.read()
-    if status != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{err}")
-    return {"wall_s": round(wall, 2), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3)}
 
 
 def matmul_rate(device: str) -> dict[str, float]:

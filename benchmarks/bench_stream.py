@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from measure import run_process
+
 from mapslib.foundation.packaged import ALIASES  # imports no torch
 
 # The parent imports no torch and loads no model: a child process's peak RSS (os.wait4, getrusage)
@@ -64,20 +66,6 @@ SYNTHETIC = {"llama-3.1-8b": "Llama-3.1 8B"}
 # rows the column sample leaves to the full pass (SmolLM2, benchmarks/results/relations.json)
 UNDECIDED = 0.027
 PAIRS = 16 * 130  # rows per head (SmolLM2: 557550 rows / 270 heads = 2065)
-
-
-def run_process(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run a command; its wall time and the peak RSS of that one process (os.wait4)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    err = proc.stderr.read()
-    if status != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{err}")
-    return {"wall_s": round(wall, 2), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3)}
 
 
 def machine() -> dict:

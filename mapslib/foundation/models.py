@@ -60,15 +60,20 @@ class LoadedModel:
 
     def info(self) -> dict[str, Any]:
         """What identifies the weights, for the JSON beside a result."""
-        return {
-            "spec": self.spec,
-            "source": self.source,
-            "location": self.location,
-            "revision": self.revision,
-            "quantization": self.quantization,
-            "model_type": self.model.config.model_type,
-            **self.extra,
-        }
+        return provenance(self, self.model.config.model_type)
+
+
+def provenance(loaded: LoadedModel | LoadedWeights, model_type: str) -> dict[str, Any]:
+    """Spec, source, location, revision, quantisation and extras of a loaded model or its weights."""
+    return {
+        "spec": loaded.spec,
+        "source": loaded.source,
+        "location": loaded.location,
+        "revision": loaded.revision,
+        "quantization": loaded.quantization,
+        "model_type": model_type,
+        **loaded.extra,
+    }
 
 
 @dataclass
@@ -98,16 +103,9 @@ class LoadedWeights:
         return model_slug(self.spec)
 
     def info(self) -> dict[str, Any]:
-        return {
-            "spec": self.spec,
-            "source": self.source,
-            "location": self.location,
-            "revision": self.revision,
-            "quantization": self.quantization,
-            "model_type": self.hw.config.model_type,
-            **self.extra,
-            "loader": self.hw.source.describe(self.hw.unembed_path),
-        }
+        """LoadedModel.info, plus how the weights were read (`loader`, ignored by caches)."""
+        loader = self.hw.source.describe(self.hw.unembed_path)
+        return provenance(self, self.hw.config.model_type) | {"loader": loader}
 
 
 def model_slug(spec: str) -> str:
