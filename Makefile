@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 MODEL ?= smollm2-135m
 DEVICE ?= auto
 
-.PHONY: setup book test lint unit nbval bench clean
+.PHONY: setup setup-llm describe book test lint unit nbval bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,16 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml | $(
 	touch $@
 
 setup: $(VENV)/.installed
+
+# The local LLM server that describes heads (chapter 7). Optional: it compiles llama.cpp (6-10 min),
+# which `make book` and `make test` do not need (they replay the committed answers).
+setup-llm: setup
+	$(BIN)/pip install -q "llama-cpp-python[server]==0.3.36"
+
+# Describe (and score) every head of MODEL with the local LLM; resumable, answers into the package.
+describe: setup-llm
+	$(BIN)/python -m mapslib salient --model $(MODEL) --device cpu --out _build/describe/$(MODEL).json \
+		--describe --judge --llm local --llm-cache mapslib/data/llm_answers
 
 book: setup
 	$(BIN)/python -m mapslib book --model $(MODEL) --device $(DEVICE) --fresh

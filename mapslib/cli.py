@@ -89,6 +89,28 @@ def _positive_or_all(value: str) -> int | None:
     return int(value)
 
 
+def _check_llm(args: argparse.Namespace) -> None:
+    """Before the slow model load: the chosen LLM can be asked (key set, or server installed)."""
+    if args.judge and (not args.describe or args.suppress):
+        raise BadArgument(
+            "--judge scores descriptions of promoted mappings: add --describe, drop --suppress"
+        )
+    if not args.describe:
+        return
+    from mapslib.salient.describe import require_llm
+    from mapslib.salient.llm_server import local_spec, require_backend
+
+    if args.llm_concurrency is not None and args.llm_concurrency < 1:
+        raise BadArgument(f"--llm-concurrency must be at least 1, got {args.llm_concurrency}")
+    if args.llm == "openai":
+        require_llm()
+    else:
+        local_spec(
+            args.llm_model, args.llm_backend
+        )  # the model first: its error is the likelier fix
+        require_backend(args.llm_backend)
+
+
 def _check_positive(args: argparse.Namespace, *names: str) -> None:
     """Integer options that must be >= 1 when given."""
     for name in names:
@@ -270,13 +292,56 @@ def _salient_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--describe",
         action="store_true",
-        help="also describe each head with an LLM (OPENAI_API_KEY, optional OPENAI_BASE_URL; "
-        "answers cached) into OUT.descriptions.csv",
+        help="also describe each head with an LLM into OUT.descriptions.csv (answers cached)",
+    )
+    p.add_argument(
+        "--judge",
+        action="store_true",
+        help="with --describe: score each description on 5 held-out salient tokens (the same LLM "
+        "as judge, and a shuffled-description control) into OUT.judgements.csv",
+    )
+    _llm_args(p)
+
+
+def _llm_args(p: argparse.ArgumentParser) -> None:
+    """Which LLM describes heads: an OpenAI-compatible API, or a local server the project starts."""
+    p.add_argument(
+        "--llm",
+        choices=("openai", "local"),
+        default="openai",
+        help="openai: the API at OPENAI_BASE_URL (default: OpenAI) with OPENAI_API_KEY; local: start "
+        "a local OpenAI-compatible server on a free port for the run (default: openai)",
     )
     p.add_argument(
         "--llm-model",
         default=None,
-        help="LLM for --describe (default: $MAPSLIB_LLM_MODEL or gpt-4o)",
+        help="openai: the model name (default: $MAPSLIB_LLM_MODEL or gpt-4o); local: a model alias "
+        "or .gguf file (llama-cpp) or model folder (transformers) (default: qwen2.5-coder-1.5b)",
+    )
+    p.add_argument(
+        "--llm-backend",
+        choices=("llama-cpp", "transformers"),
+        default="llama-cpp",
+        help="the local server: llama-cpp-python's (GGUF, quantised kernels) or transformers serve "
+        "(a saved folder, float32, continuous batching) (default: llama-cpp)",
+    )
+    p.add_argument(
+        "--llm-port", type=int, default=None, help="local server port (default: a free one)"
+    )
+    p.add_argument(
+        "--llm-threads", type=int, default=None, help="local server CPU threads (default: its own)"
+    )
+    p.add_argument(
+        "--llm-concurrency",
+        type=int,
+        default=None,
+        help="requests in flight at once (default: 1 for llama-cpp, which serves one at a time; "
+        "8 otherwise)",
+    )
+    p.add_argument(
+        "--llm-cache",
+        default=None,
+        help="folder for new answers (default: the user cache; committed answers are read as well)",
     )
     p.add_argument(
         "--llm-temperature", type=float, default=0.0, help="sampling temperature (default: 0)"
@@ -288,7 +353,7 @@ def _salient_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_salient(args: argparse.Namespace) -> None:
     """Write the salient mappings of the chosen heads as a tidy table (and their descriptions)."""
     from mapslib.foundation.heads import all_heads, parse_head, parse_layers
-    from mapslib.salient.describe import llm_config, require_llm, run_descriptions
+    from mapslib.salient.judge import JudgeSetup
     from mapslib.salient.mappings import run_salient
 
     out = _check_out(args.out, (".json", ".csv"))
@@ -296,19 +361,19 @@ def cmd_salient(args: argparse.Namespace) -> None:
     specs = [s for s in (args.heads or "").split(",") if s.strip()]
     for spec in specs:  # the syntax, before the slow model load
         parse_head(spec)
-    if args.describe:
-        require_llm()
+    _check_llm(args)
     lm, t_load = _load(args)
     heads = (
         [parse_head(s, lm.hw) for s in specs]
         if specs
         else all_heads(lm.hw, parse_layers(args.layers, lm.hw.n_layers))
     )
+    held_out = JudgeSetup().held_out if args.judge else 0
     df = run_salient(
         lm,
         heads,
         out,
-        top_tokens=args.top_tokens,
+        top_tokens=args.top_tokens + held_out,
         top_mappings=args.top_mappings,
         suppress=args.suppress,
         embedding=args.embedding,
@@ -319,10 +384,73 @@ def cmd_salient(args: argparse.Namespace) -> None:
     t = df.attrs["sidecar"]["timings_s"]["salient"]
     log(f"wrote {len(df)} rows to {out} ({len(heads)} heads, {t:.1f}s)")
     if args.describe:
+        _describe(args, df, out, lm)
+
+
+def _concurrency(args: argparse.Namespace) -> int:
+    """Requests in flight: as asked, else 1 for llama-cpp (one at a time) and 8 otherwise."""
+    if args.llm_concurrency is not None:
+        return args.llm_concurrency
+    return 1 if args.llm == "local" and args.llm_backend == "llama-cpp" else 8
+
+
+def _describe(args: argparse.Namespace, salient: Any, out: Path, lm: Any) -> None:
+    """Describe (and judge) the heads of `salient`; a local server lives for this call only."""
+    from mapslib.salient.describe import Describer, Endpoint, llm_config
+    from mapslib.salient.llm_server import LocalServer, local_spec, server_record
+
+    cache = Path(args.llm_cache) if args.llm_cache else None
+    if args.llm == "openai":
         config = llm_config(args.llm_model, args.llm_temperature, args.llm_seed)
-        desc_out = out.with_name(out.stem + ".descriptions.csv")
-        desc = run_descriptions(df, desc_out, config=config, suppress=args.suppress)
-        log(f"{desc.attrs['note']} Wrote {desc_out}")
+        _describe_with(args, salient, out, lm, Describer(config, cache=cache), None)
+        return
+    spec = local_spec(
+        args.llm_model, args.llm_backend, port=args.llm_port, threads=args.llm_threads
+    )
+    config = llm_config(
+        spec.name,
+        args.llm_temperature,
+        args.llm_seed,
+        json_schema=spec.backend == "llama-cpp",
+        local=True,
+    )
+    log(f"starting the {spec.backend} server for {spec.name} ...")
+    with LocalServer(spec) as server:
+        log(f"server ready at {server.base_url}")
+        endpoint = Endpoint(server.base_url, model=server.request_model)
+        describer = Describer(config, cache=cache, endpoint=endpoint, health=server.failure)
+        _describe_with(args, salient, out, lm, describer, server_record(spec))
+
+
+def _describe_with(
+    args: argparse.Namespace, salient: Any, out: Path, lm: Any, describer: Any, server: Any
+) -> None:
+    """Descriptions into OUT.descriptions.csv; with --judge, their scores into OUT.judgements.csv."""
+    from mapslib.salient.describe import run_descriptions
+    from mapslib.salient.judge import JudgeSetup, described_part, judge_items, run_judgement
+
+    setup = JudgeSetup(described=args.top_tokens)
+    shown = described_part(salient, setup) if args.judge else salient
+    desc_out = out.with_name(out.stem + ".descriptions.csv")
+    desc = run_descriptions(
+        shown,
+        desc_out,
+        describer=describer,
+        suppress=args.suppress,
+        concurrency=_concurrency(args),
+        server=server,
+    )
+    log(f"{desc.attrs['note']} Wrote {desc_out}")
+    if args.judge:
+        items = judge_items(lm.hw, lm.tokenizer, salient, setup, embedding=args.embedding)
+        judged_out = out.with_name(out.stem + ".judgements.csv")
+        judged = run_judgement(items, desc, describer, judged_out, setup=setup)
+        own = judged[~judged["control"]]["correct"].dropna()
+        ctrl = judged[judged["control"]]["correct"].dropna()
+        log(
+            f"judge accuracy {own.mean():.2f} on {len(own)} questions (control "
+            f"{ctrl.mean():.2f}, chance {setup.chance:.2f}). Wrote {judged_out}"
+        )
 
 
 # --- correlate / ablate --------------------------------------------------------------------------

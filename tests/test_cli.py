@@ -204,6 +204,21 @@ def test_describe_without_a_key_fails_before_loading(
     assert "OPENAI_API_KEY" in err and "Loading" not in err
 
 
+def test_bad_llm_arguments_fail_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = ["--out", str(tmp_path / "s.json")]
+    err = _error(["salient", "--heads", "23.2", "--judge", *out], capsys)
+    assert "--judge" in err and "--describe" in err and "Loading" not in err
+    local = ["salient", "--heads", "23.2", "--describe", "--llm", "local", *out]
+    err = _error([*local, "--llm-backend", "transformers"], capsys)
+    assert "serves a saved model folder" in err and "Loading" not in err
+    err = _error([*local, "--llm-model", str(tmp_path / "missing.gguf")], capsys)
+    assert "neither a model alias" in err
+    err = _error([*local, "--llm-concurrency", "0"], capsys)
+    assert "--llm-concurrency must be at least 1" in err
+
+
 @pytest.mark.slow
 def test_describe_against_a_local_server(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch

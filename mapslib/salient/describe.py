@@ -26,7 +26,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ import pandas as pd
 from mapslib.errors import MapsError, MissingAPIKey
 from mapslib.foundation.cache import Computed, cached_table
 from mapslib.foundation.io import sha256_text, write_json
+from mapslib.salient.llm_server import LLMServerError
 
 DEFAULT_LLM = "gpt-4o"
 STATUSES = ("pattern", "no pattern", "failed", "unavailable")
@@ -46,23 +50,33 @@ SYSTEM_PROMPT = (
     "You answer with a single JSON object and nothing else."
 )
 
-USER_TEMPLATE = """Below are the {n} tokens that one attention head of a language model acts on most strongly. \
-Each line shows a source token, then the {k} tokens the head most strongly {verb} in its output when it \
-attends to that source token, strongest first. Tokens are shown exactly as they are in the vocabulary: \
-'␣' stands for a leading space, '\\n' for a newline and \\xNN for a raw byte.
-
-{lines}
+# The instructions every head shares come first and the head's own lines last, so a server that keeps
+# the previous prompt's KV cache (llama.cpp) or shares prefixes skips the shared part's prefill.
+USER_TEMPLATE = """You will see the {n} tokens that one attention head of a language model acts on most \
+strongly, one per line. Each line shows a source token, then the {k} tokens the head most strongly \
+{verb} in its output when it attends to that source token, strongest first. Tokens are shown exactly as \
+they are in the vocabulary: '␣' stands for a leading space, '\\n' for a newline and \\xNN for a raw byte.
 
 Is there a pattern that holds for most of these lines? Think of relations between a source and its \
 targets (copying, changes of case or spacing, spelling, word forms, translation, meaning, facts) and of \
 what the source tokens have in common.
 
 Answer with a JSON object with three string fields:
-"reasoning": your analysis, at most three sentences;
-"inputs": one sentence on what the source tokens are;
+"reasoning": your analysis, at most two sentences;
+"inputs": one short sentence on what the source tokens have in common (do not list them);
 "pattern": one sentence on the operation the head applies to them.
 If no pattern covers most lines, set "pattern" to exactly "Unclear". Use the word "clear" (or \
-"clearly", "unclear") only in that case."""
+"clearly", "unclear") only in that case.
+
+The lines:
+{lines}"""
+
+# A server with grammar-constrained JSON (llama.cpp) is given this schema: the answer always parses.
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {k: {"type": "string"} for k in ("reasoning", "inputs", "pattern")},
+    "required": ["reasoning", "inputs", "pattern"],
+}
 
 
 class LLMError(MapsError):
@@ -81,6 +95,19 @@ class LLMConfig:
     max_attempts: int = 4
     backoff: float = 2.0  # seconds before the first retry, doubled each time
     max_backoff: float = 60.0
+    json_schema: bool = False  # send ANSWER_SCHEMA with JSON mode (llama.cpp constrains to it)
+    # temperature of the attempts after a truncated or unparseable answer; None: `temperature`.
+    # At temperature 0 a local model repeats the same looping answer whatever the seed.
+    retry_temperature: float | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where requests go when not to the environment's OPENAI_BASE_URL: a server the project started."""
+
+    base_url: str
+    key: str = "local"  # a local server checks none; the client needs a non-empty string
+    model: str | None = None  # the name the server wants, if not config.model (the cache's key)
 
 
 @dataclass
@@ -115,8 +142,12 @@ def answer_key(model: str, messages: list[dict[str, str]], temperature: float, s
     return sha256_text(json.dumps(payload, sort_keys=True, ensure_ascii=False))
 
 
+# Answers for the book's models, committed with the project so the book replays them offline.
+COMMITTED_ANSWERS = Path(__file__).resolve().parent.parent / "data" / "llm_answers"
+
+
 def cache_dir() -> Path:
-    """Where answers are cached: `cache_root()/llm`."""
+    """Where new answers are cached: `cache_root()/llm` (committed ones are read from the package)."""
     from mapslib.foundation.models import cache_root
 
     return cache_root() / "llm"
@@ -173,100 +204,153 @@ def require_llm() -> None:
     if not llm_available():
         raise MissingAPIKey(
             "--describe needs an API key: set OPENAI_API_KEY (and OPENAI_BASE_URL for an "
-            "OpenAI-compatible server); without --describe the salient mappings are written alone"
+            "OpenAI-compatible server), or describe with a local model: --llm local; without "
+            "--describe the salient mappings are written alone"
         )
 
 
-def llm_config(model: str | None = None, temperature: float = 0.0, seed: int = 0) -> LLMConfig:
-    """The LLM settings: `model` if given, else $MAPSLIB_LLM_MODEL or the default."""
-    config = LLMConfig(temperature=temperature, seed=seed)
+LOCAL_TIMEOUT = 900.0  # seconds: a CPU server answers one request at a time, ~1 min each on 2 cores
+
+
+def llm_config(
+    model: str | None = None,
+    temperature: float = 0.0,
+    seed: int = 0,
+    json_schema: bool = False,
+    local: bool = False,
+) -> LLMConfig:
+    """The LLM settings: `model` if given, else $MAPSLIB_LLM_MODEL or the default. A `local` server
+    gets a long timeout: a request that times out is asked again while the server, which does not
+    notice the client left, still computes the first one."""
+    config = LLMConfig(temperature=temperature, seed=seed, json_schema=json_schema)
+    if local:  # a looping answer is cut at 350 tokens (good ones take 100-250) and sampled again
+        config = replace(
+            config, timeout=LOCAL_TIMEOUT, max_tokens=350, max_attempts=3, retry_temperature=0.7
+        )
     return replace(config, model=model) if model else config
 
 
+Parse = Callable[[str | None], Any]
+
+
 class Describer:
-    """Asks an OpenAI-compatible server to describe heads, with retries and an on-disk answer cache."""
+    """Asks an OpenAI-compatible server to describe heads, with retries and an on-disk answer cache.
+
+    `endpoint` names a server the project started (else the environment's key and base URL);
+    `health` returns a message when that server has died, so a dead server stops the run at once
+    instead of being retried; `read_also` are further answer folders (the committed answers).
+    """
 
     def __init__(
         self,
         config: LLMConfig | None = None,
         *,
         cache: Path | None = None,
+        endpoint: Endpoint | None = None,
+        health: Callable[[], str | None] | None = None,
+        read_also: tuple[Path, ...] = (COMMITTED_ANSWERS,),
         sleep: Any = time.sleep,
         log: Any = None,
     ):
         self.config = config or LLMConfig()
         self.cache = cache or cache_dir()
+        self.read_also = tuple(p for p in read_also if p != self.cache)
+        self.endpoint, self.health = endpoint, health
         self.sleep, self.log = sleep, log or (lambda message: None)
         self._client: Any = None
         self._secret: str | None = None
         self._json_mode = True
+        self._lock = threading.Lock()
         self.requests = 0  # HTTP requests made, for tests and cost reports
+        self.replay = False  # True: never ask, answer from the caches only
+
+    @property
+    def can_ask(self) -> bool:
+        """Whether uncached heads can be asked: a started server, or a key in the environment."""
+        return not self.replay and (self.endpoint is not None or llm_available())
 
     # -- client ---------------------------------------------------------------------------------------
     def client(self) -> Any:
         """The openai client, built on first use; raises MissingAPIKey when no key is set."""
-        if self._client is None:
+        with self._lock:
+            if self._client is None:
+                self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        import openai
+
+        if self.endpoint is not None:
+            key, base_url = self.endpoint.key, self.endpoint.base_url
+        else:
             key, base_url = api_settings()
             if key is None:
                 raise MissingAPIKey(
                     "no OPENAI_API_KEY in the environment: set it (and OPENAI_BASE_URL for an "
-                    "OpenAI-compatible server) to describe heads; cached answers work without it"
+                    "OpenAI-compatible server), or use --llm local; cached answers work without it"
                 )
-            import openai
-
             self._secret = key
-            self._client = openai.OpenAI(
-                api_key=key, base_url=base_url, timeout=self.config.timeout, max_retries=0
-            )
-        return self._client
+        return openai.OpenAI(
+            api_key=key, base_url=base_url, timeout=self.config.timeout, max_retries=0
+        )
 
     def _redact(self, text: str) -> str:
         """An error message with the key, if it appears, replaced by ***."""
         return text.replace(self._secret, "***") if self._secret else text
 
     # -- cache ----------------------------------------------------------------------------------------
-    def cached(self, messages: list[dict[str, str]]) -> dict[str, Any] | None:
-        """The cached record for these messages under this config, or None."""
+    def _key(self, messages: list[dict[str, str]]) -> str:
         c = self.config
-        path = _cache_path(self.cache, answer_key(c.model, messages, c.temperature, c.seed))
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return None  # a damaged entry is asked again and rewritten
+        return answer_key(c.model, messages, c.temperature, c.seed)
+
+    def cached(self, messages: list[dict[str, str]]) -> dict[str, Any] | None:
+        """The cached record for these messages under this config (own cache, then committed)."""
+        key = self._key(messages)
+        for root in (self.cache, *self.read_also):
+            path = _cache_path(root, key)
+            if path.is_file():
+                try:
+                    return json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, json.JSONDecodeError):
+                    continue  # a damaged entry is asked again and rewritten
+        return None
 
     def _store(self, messages: list[dict[str, str]], record: dict[str, Any]) -> None:
-        c = self.config
-        key = answer_key(c.model, messages, c.temperature, c.seed)
-        write_json(_cache_path(self.cache, key), record)
+        write_json(_cache_path(self.cache, self._key(messages)), record)
 
     # -- one request ----------------------------------------------------------------------------------
-    def _request(self, messages: list[dict[str, str]], seed: int) -> tuple[str, str]:
-        """One chat completion: (content, finish_reason); JSON mode unless the server rejected it."""
+    def _request(
+        self, messages: list[dict[str, str]], seed: int, schema: Any, temperature: float
+    ) -> tuple[str, str, dict]:
+        """One chat completion: (content, finish_reason, usage); JSON mode unless it was rejected."""
         import openai
 
         c = self.config
+        served = self.endpoint.model if self.endpoint is not None else None
         kwargs: dict[str, Any] = dict(
-            model=c.model,
+            model=served or c.model,
             messages=messages,
-            temperature=c.temperature,
+            temperature=temperature,
             seed=seed,
             max_tokens=c.max_tokens,
         )
         if self._json_mode:
+            fmt: dict[str, Any] = {"type": "json_object"}
+            if c.json_schema and schema is not None:
+                fmt["schema"] = schema
             try:
-                self.requests += 1
-                resp = self.client().chat.completions.create(
-                    response_format={"type": "json_object"}, **kwargs
+                with self._lock:
+                    self.requests += 1
+                return _content(
+                    self.client().chat.completions.create(response_format=fmt, **kwargs)
                 )
-                return _content(resp)
             except openai.BadRequestError as e:
                 if "response_format" not in str(e) and "json" not in str(e).lower():
                     raise
                 self._json_mode = False
                 self.log("the server rejected JSON mode; asking without it")
-        self.requests += 1
+        with self._lock:
+            self.requests += 1
         return _content(self.client().chat.completions.create(**kwargs))
 
     def _wait(self, attempt: int, error: Exception | None = None) -> None:
@@ -291,11 +375,19 @@ class Describer:
         if record is not None:
             return _description(record["content"], record.get("attempts", 1), cached=True)
         if cache_only:
-            return Description("unavailable", error="no API key and no cached answer")
-        return self._ask(messages)
+            return Description("unavailable", error="no LLM to ask and no cached answer")
+        record, error = self.ask(messages, parse_answer, ANSWER_SCHEMA)
+        if record is None:
+            return Description("failed", attempts=self.config.max_attempts, error=error)
+        return _description(record["content"], record["attempts"], cached=False)
 
-    def _ask(self, messages: list[dict[str, str]]) -> Description:
-        """Ask until a complete, parseable answer arrives or the attempts run out."""
+    def ask(
+        self, messages: list[dict[str, str]], parse: Parse, schema: Any = None
+    ) -> tuple[dict[str, Any] | None, str]:
+        """Ask until a complete answer that `parse` accepts arrives (cached), or attempts run out.
+
+        Returns (record, "") or (None, the last error).
+        """
         import openai
 
         transient = (
@@ -305,11 +397,14 @@ class Describer:
             openai.APIConnectionError,
         )
         last = ""
-        seed = self.config.seed
+        seed, temperature = self.config.seed, self.config.temperature
         for attempt in range(self.config.max_attempts):
+            start = time.perf_counter()
             try:
-                content, finish = self._request(messages, seed)
+                content, finish, usage = self._request(messages, seed, schema, temperature)
             except transient as e:
+                if self.health is not None and (dead := self.health()):
+                    raise LLMServerError(dead) from None
                 last = f"{type(e).__name__}: {self._redact(str(e))}"[:300]
                 self.log(f"attempt {attempt + 1}: {last}; retrying")
                 if attempt + 1 < self.config.max_attempts:
@@ -322,7 +417,7 @@ class Describer:
                 ) from None
             if finish == "length":
                 last = "truncated answer (finish_reason 'length')"
-            elif parse_answer(content) is None:
+            elif parse(content) is None:
                 last = "answer is not the requested JSON"
             else:
                 record = {
@@ -330,22 +425,29 @@ class Describer:
                     "temperature": self.config.temperature,
                     "seed": self.config.seed,
                     "seed_used": seed,
+                    "temperature_used": temperature,
                     "messages": messages,
                     "content": content,
                     "finish_reason": finish,
                     "attempts": attempt + 1,
+                    "usage": usage,
+                    "seconds": round(time.perf_counter() - start, 3),
                 }
                 self._store(messages, record)
-                return _description(content, attempt + 1, cached=False)
+                return record, ""
             self.log(f"attempt {attempt + 1}: {last}; asking again with another seed")
             seed += 1  # as the paper did: the same request again, another seed
-        return Description("failed", attempts=self.config.max_attempts, error=last)
+            if self.config.retry_temperature is not None:
+                temperature = self.config.retry_temperature
+        return None, last
 
 
-def _content(resp: Any) -> tuple[str, str]:
-    """The first choice's text and finish reason."""
+def _content(resp: Any) -> tuple[str, str, dict[str, int]]:
+    """The first choice's text and finish reason, and the tokens the server counted."""
     choice = resp.choices[0]
-    return choice.message.content or "", choice.finish_reason or ""
+    usage = getattr(resp, "usage", None)
+    counted = {k: int(getattr(usage, k, 0) or 0) for k in ("prompt_tokens", "completion_tokens")}
+    return choice.message.content or "", choice.finish_reason or "", counted
 
 
 def _description(content: str, attempts: int, cached: bool) -> Description:
@@ -376,20 +478,43 @@ def describe_heads(
     suppress: bool = False,
     cache_only: bool | None = None,
     describer: Describer | None = None,
+    concurrency: int = 1,
+    progress: bool = False,
 ) -> pd.DataFrame:
-    """One description per head of a `salient_mappings` table; cache-only when no key is set."""
+    """One description per head of a `salient_mappings` table; cache-only when nobody can be asked.
+
+    `concurrency` requests are in flight at once (a server with continuous batching answers them
+    together); every answer is cached as it arrives, so an interrupted run resumes where it stopped.
+    """
+    from tqdm import tqdm
+
     from mapslib.salient.mappings import mapping_lines
 
     describer = describer or Describer(config)
-    cache_only = (not llm_available()) if cache_only is None else cache_only
-    rows = []
-    for (layer, head), _ in salient.groupby(["layer", "head"], sort=True):
-        d = describer.describe(
-            mapping_lines(salient, layer, head), suppress=suppress, cache_only=cache_only
+    cache_only = (not describer.can_ask) if cache_only is None else cache_only
+    heads = [(int(la), int(h)) for (la, h), _ in salient.groupby(["layer", "head"], sort=True)]
+
+    def one(head: tuple[int, int]) -> Description:
+        lines = mapping_lines(salient, *head)
+        return describer.describe(lines, suppress=suppress, cache_only=cache_only)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    try:
+        results = list(
+            tqdm(
+                pool.map(one, heads),
+                total=len(heads),
+                desc="describing",
+                unit="head",
+                disable=not progress,
+            )
         )
-        row = {"layer": int(layer), "head": int(head), "name": f"{layer}.{head}"}
-        row |= {k: v for k, v in asdict(d).items() if k != "raw"}
-        rows.append(row)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C or a dead server: drop the queue
+    rows = []
+    for (layer, head), d in zip(heads, results, strict=True):
+        row = {"layer": layer, "head": head, "name": f"{layer}.{head}"}
+        rows.append(row | {k: v for k, v in asdict(d).items() if k != "raw"})
     return pd.DataFrame(rows, columns=DESCRIPTION_COLUMNS)
 
 
@@ -401,12 +526,12 @@ def availability_note(descriptions: pd.DataFrame) -> str:
     described = int(counts.get("pattern", 0) + counts.get("no pattern", 0))
     if unavailable == n:
         return (
-            f"LLM descriptions are unavailable: no OPENAI_API_KEY is set and none of the {n} heads "
-            "has a cached answer. The salient mappings and the offline labels below stand on their own."
+            f"LLM descriptions are unavailable: no LLM to ask (no OPENAI_API_KEY, no --llm local) "
+            f"and none of the {n} heads has a cached answer. The salient mappings and the offline labels below stand on their own."
         )
     parts = [f"{described} of {n} heads have an LLM description"]
     if unavailable:
-        parts.append(f"{unavailable} have none (no key and no cached answer)")
+        parts.append(f"{unavailable} have none (no LLM to ask and no cached answer)")
     if counts.get("failed", 0):
         parts.append(f"{int(counts['failed'])} failed after retries")
     return "; ".join(parts) + "."
@@ -427,10 +552,15 @@ def run_descriptions(
     config: LLMConfig | None = None,
     suppress: bool = False,
     cache_only: bool | None = None,
+    describer: Describer | None = None,
+    concurrency: int = 1,
+    server: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """`describe_heads` written to `out` with the LLM settings beside it; `attrs["note"]` says how
-    many heads got a description. Answers are cached one by one, so this always asks for the rest."""
-    config = config or LLMConfig()
+    """`describe_heads` written to `out` with the LLM settings (and `server`, if local) beside it;
+    `attrs["note"]` says how many heads got a description. Answers are cached one by one, so this
+    always asks only for the rest."""
+    describer = describer or Describer(config)
+    config = describer.config
     params = {
         "salient": salient.attrs.get("sidecar", {}).get("params"),
         "llm": asdict(config),
@@ -438,11 +568,65 @@ def run_descriptions(
     }
 
     def compute() -> Computed:
-        desc = describe_heads(salient, config=config, suppress=suppress, cache_only=cache_only)
-        return desc, {"llm": asdict(config)}
+        desc = describe_heads(
+            salient,
+            suppress=suppress,
+            cache_only=cache_only,
+            describer=describer,
+            concurrency=concurrency,
+            progress=True,
+        )
+        found = {"llm": asdict(config), "server": server, "concurrency": concurrency}
+        return desc, found | {"requests": describer.requests}
 
     desc = cached_table(
         out, params, compute, recompute=True, protocol=DESCRIBE_PROTOCOL, step="describe"
     )
     desc.attrs["note"] = availability_note(desc)
     return desc
+
+
+LOCAL_SUFFIXES = ("@llama-cpp", "@transformers")
+
+
+def is_local_model(model: str) -> bool:
+    """Whether a model name is one `--llm local` serves (its answers come from the cache here)."""
+    return model.endswith(LOCAL_SUFFIXES)
+
+
+def replay_describer(model: str, temperature: float = 0.0, seed: int = 0) -> Describer:
+    """A Describer for a chapter: it asks the API only for an API model with a key set; answers of a
+    local model (served by `salient --describe --llm local`) are read from the caches."""
+    config = LLMConfig(model=model, temperature=temperature, seed=seed)
+    describer = Describer(config)
+    describer.replay = is_local_model(model) or not llm_available()
+    return describer
+
+
+def answer_records(
+    describer: Describer, salient: pd.DataFrame, suppress: bool = False
+) -> list[dict[str, Any]]:
+    """The cached answer records of the heads of `salient` (those that have one)."""
+    from mapslib.salient.mappings import mapping_lines
+
+    records = []
+    for (layer, head), _ in salient.groupby(["layer", "head"], sort=True):
+        record = describer.cached(build_messages(mapping_lines(salient, layer, head), suppress))
+        if record is not None:
+            records.append(record)
+    return records
+
+
+def speed_summary(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Tokens and seconds the server spent on these answers (the successful attempt of each)."""
+    timed = [r for r in records if r.get("seconds")]
+    prompt = sum(r.get("usage", {}).get("prompt_tokens", 0) for r in timed)
+    answer = sum(r.get("usage", {}).get("completion_tokens", 0) for r in timed)
+    seconds = sum(r["seconds"] for r in timed)
+    return {
+        "answers": len(timed),
+        "seconds per answer": round(seconds / len(timed), 1) if timed else float("nan"),
+        "prompt tokens per answer": round(prompt / len(timed)) if timed else float("nan"),
+        "answer tokens per answer": round(answer / len(timed)) if timed else float("nan"),
+        "answer tokens per second": round(answer / seconds, 2) if seconds else float("nan"),
+    }

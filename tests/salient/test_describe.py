@@ -19,14 +19,18 @@ from fake_llm import GOOD, KEY, LINES, FakeServer
 from mapslib.errors import MissingAPIKey
 from mapslib.salient.describe import (
     Describer,
+    Endpoint,
     LLMConfig,
     LLMError,
     answer_key,
     availability_note,
     build_messages,
     describe_heads,
+    is_local_model,
     is_no_pattern,
     parse_answer,
+    replay_describer,
+    speed_summary,
 )
 
 
@@ -285,3 +289,89 @@ def test_executed_notebooks_hold_no_key() -> None:
         assert not SECRET.search(text), f
         if env_key:
             assert env_key not in text, f
+
+
+def test_an_endpoint_needs_no_key_and_sends_its_own_model_name(tmp_path: Path, monkeypatch) -> None:
+    """A server the project started: no key from the environment, the pinned name in requests,
+    and the cache keyed by the config's model name (machine-independent)."""
+    srv = FakeServer()
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    try:
+        cfg = LLMConfig(model="local-model@llama-cpp", json_schema=True)
+        d = Describer(cfg, cache=tmp_path, endpoint=Endpoint(srv.url, model="/models/x.gguf"))
+        assert d.can_ask
+        out = d.describe(LINES)
+        assert out.status == "pattern"
+        req = srv.requests[0]
+        assert req["model"] == "/models/x.gguf"
+        assert req["response_format"]["schema"]["required"] == ["reasoning", "inputs", "pattern"]
+        replay = Describer(cfg, cache=tmp_path)  # no endpoint, no key: the cache answers
+        assert replay.describe(LINES, cache_only=True).cached
+    finally:
+        srv.close()
+
+
+def test_concurrent_requests_keep_the_heads_in_order(server: FakeServer, tmp_path: Path) -> None:
+    table = pd.DataFrame(
+        [
+            dict(
+                layer=la,
+                head=h,
+                salient_rank=1,
+                source=f" s{la}{h}",
+                saliency=1.0,
+                rank=1,
+                target=f" t{la}{h}",
+            )
+            for la, h in [(2, 1), (0, 3), (1, 0), (0, 1)]
+        ]
+    )
+    server.script = [
+        {"content": GOOD, "sleep": 0.05 * (4 - i)} for i in range(4)
+    ]  # early ones end last
+    d, _ = describer(tmp_path)
+    out = describe_heads(table, describer=d, concurrency=4)
+    assert list(out["name"]) == ["0.1", "0.3", "1.0", "2.1"]
+    assert (out["status"] == "pattern").all() and len(server.requests) == 4
+
+
+def test_a_dead_server_stops_the_run_instead_of_retrying(tmp_path: Path) -> None:
+    from mapslib.salient.llm_server import LLMServerError
+
+    cfg = LLMConfig(model="m", timeout=0.5, max_attempts=3, backoff=0.01)
+    dead = "the llama-cpp LLM server stopped during the run (exit code -9)"
+    d = Describer(
+        cfg, cache=tmp_path, endpoint=Endpoint("http://127.0.0.1:9/v1"), health=lambda: dead
+    )
+    with pytest.raises(LLMServerError, match="stopped during the run"):
+        d.describe(LINES)
+    assert d.requests == 1
+
+
+def test_replay_and_speed_summary(tmp_path: Path) -> None:
+    assert is_local_model("qwen@llama-cpp") and not is_local_model("gpt-4o")
+    assert replay_describer("qwen@llama-cpp").can_ask is False
+    records = [
+        {"seconds": 10.0, "usage": {"prompt_tokens": 900, "completion_tokens": 100}},
+        {"seconds": 30.0, "usage": {"prompt_tokens": 700, "completion_tokens": 60}},
+        {"usage": {}},  # an answer from before timings were recorded: left out
+    ]
+    s = speed_summary(records)
+    assert s["answers"] == 2 and s["seconds per answer"] == 20.0
+    assert s["prompt tokens per answer"] == 800 and s["answer tokens per second"] == 4.0
+
+
+def test_a_looping_answer_is_sampled_again_at_the_retry_temperature(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """At temperature 0 another seed repeats a local model's loop; the retry samples instead."""
+    server.script = [
+        {"content": '{"reasoning": "the the the', "finish": "length"},
+        {"content": GOOD},
+    ]
+    d, _ = describer(tmp_path, retry_temperature=0.7)
+    out = d.describe(LINES)
+    assert out.status == "pattern" and out.attempts == 2
+    assert [r["temperature"] for r in server.requests] == [0.0, 0.7]
+    record = d.cached(build_messages(LINES))
+    assert record["temperature_used"] == 0.7 and record["seed_used"] == 1

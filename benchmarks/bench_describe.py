@@ -1,0 +1,86 @@
+"""Describing heads with a local LLM: wall time, tokens per second, and what concurrency buys.
+
+For each concurrency level, a fresh answer cache (nothing replayed), one server started for the
+run, the first `--heads` heads of SmolLM2's salient table described. Run it on a quiet machine:
+
+    python benchmarks/bench_describe.py --llm-model smollm2-135m --heads 6 --concurrency 1 2 4
+    python benchmarks/bench_describe.py --heads 4 --concurrency 1 2   # the book's 1.5B describer
+
+Results go to benchmarks/results/describe_<describer>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from mapslib.foundation.heads import all_heads
+from mapslib.foundation.io import write_json
+from mapslib.foundation.models import load_model
+from mapslib.salient.describe import Describer, Endpoint, describe_heads, llm_config
+from mapslib.salient.llm_server import LocalServer, local_spec
+from mapslib.salient.mappings import salient_mappings
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def one_run(table, spec, concurrency: int) -> dict[str, float]:
+    """Describe every head of `table` with a fresh cache; wall time and the server's token counts."""
+    config = llm_config(spec.name, json_schema=spec.backend == "llama-cpp", local=True)
+    with tempfile.TemporaryDirectory() as cache, LocalServer(spec) as server:
+        endpoint = Endpoint(server.base_url, model=server.request_model)
+        d = Describer(
+            config, cache=Path(cache), endpoint=endpoint, health=server.failure, read_also=()
+        )
+        t0 = time.perf_counter()
+        out = describe_heads(table, describer=d, concurrency=concurrency)
+        wall = time.perf_counter() - t0
+        records = [json.loads(p.read_text()) for p in Path(cache).rglob("*.json")]
+    prompt = sum(r["usage"]["prompt_tokens"] for r in records)
+    answer = sum(r["usage"]["completion_tokens"] for r in records)
+    return {
+        "concurrency": concurrency,
+        "heads": int(out["name"].nunique()),
+        "described": int(out["status"].isin(["pattern", "no pattern"]).sum()),
+        "requests": d.requests,
+        "wall_s": round(wall, 1),
+        "seconds_per_head": round(wall / len(out), 1),
+        "prompt_tokens": prompt,
+        "answer_tokens": answer,
+        "answer_tokens_per_s": round(answer / wall, 2),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--llm-model", default=None, help="describer alias or file (default: the 1.5B)")
+    p.add_argument("--backend", default="llama-cpp", choices=("llama-cpp", "transformers"))
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    lm = load_model("smollm2-135m")
+    heads = all_heads(lm.hw)[:: max(1, 270 // args.heads)][: args.heads]  # spread over depth
+    table = salient_mappings(lm.hw, lm.tokenizer, heads)
+    spec = local_spec(args.llm_model, args.backend, threads=args.threads)
+    runs = [one_run(table, spec, c) for c in args.concurrency]
+    for r in runs:
+        r["speedup_vs_first"] = round(runs[0]["wall_s"] / r["wall_s"], 2)
+        print(r)
+    name = spec.name.replace("@", "_")
+    write_json(
+        RESULTS / f"describe_{name}.json",
+        {
+            "describer": spec.name,
+            "machine": platform.processor() or platform.machine(),
+            "runs": runs,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""The local LLM server: started, used and stopped for real, and every way it can fail.
+
+`transformers serve` (pure Python, in requirements.txt) serves a tiny random Llama saved to a temp
+folder with SmolLM2's real tokenizer and chat template: the whole describe path runs against a real
+server. Its answers are noise, so they end as recorded failures, which is itself a path to test.
+When llama-cpp-python is installed (`make setup-llm`), the same path runs against its server on the
+real SmolLM2-135M-Instruct GGUF, whose grammar-constrained JSON always parses.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from mapslib.errors import MapsError
+from mapslib.foundation.packaged import ALIASES
+from mapslib.salient import llm_server
+from mapslib.salient.describe import Describer, Endpoint, LLMConfig, describe_heads
+from mapslib.salient.llm_server import (
+    LLMServerError,
+    LocalServer,
+    ServerSpec,
+    backend_installed,
+    local_spec,
+    require_backend,
+)
+
+LINES = ["␣John -> ␣John, John, ␣J", "␣Mary -> ␣Mary, Mary, ␣M"]
+
+
+def salient_table(heads: list[tuple[int, int]]) -> pd.DataFrame:
+    """A minimal salient_mappings table: two salient tokens with one target each, per head (the
+    heads differ, so each is its own request)."""
+    rows = []
+    for i, (layer, head) in enumerate(heads):
+        pairs = [("␣John", "␣John"), ("␣Mary", "␣Mary"), ("␣Paris", "␣France")]
+        for s, (src, tgt) in enumerate(pairs[i % 3 :] + pairs[: i % 3], start=1):
+            rows.append(
+                dict(
+                    layer=layer,
+                    head=head,
+                    name=f"{layer}.{head}",
+                    salient_rank=s,
+                    source_id=s,
+                    source=src.replace("␣", " "),
+                    saliency=1.0,
+                    rank=1,
+                    target_id=s,
+                    target=tgt.replace("␣", " "),
+                    score=1.0,
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory, smollm2) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer (and chat template), saved as a folder."""
+    folder = tmp_path_factory.mktemp("tiny-llm")
+    config = LlamaConfig(
+        vocab_size=len(smollm2.tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    smollm2.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def logs_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(llm_server, "log_dir", lambda: tmp_path / "logs")
+
+
+def test_unknown_backend_and_missing_model_name_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(LLMServerError, match="choose one of llama-cpp, transformers"):
+        local_spec("smollm2-135m", "vllm")
+    with pytest.raises(LLMServerError, match="neither a model alias"):
+        local_spec(str(tmp_path / "nothing.gguf"))
+    with pytest.raises(LLMServerError, match="serves a saved model folder"):
+        local_spec(str(ALIASES["smollm2-135m"].path()), "transformers")
+    with pytest.raises(LLMServerError, match="serves a .gguf file"):
+        local_spec(str(tmp_path), "llama-cpp")
+
+
+def test_request_name_is_the_file_name_and_backend_never_a_path() -> None:
+    spec = local_spec("smollm2-135m", "llama-cpp")
+    assert spec.name == "SmolLM2-135M-Instruct.Q4_1@llama-cpp"
+    assert "/" not in spec.name and Path(spec.model_path).is_file()
+
+
+def test_backend_not_installed_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(llm_server, "_has", lambda *modules: False)
+    with pytest.raises(LLMServerError, match=r'pip install "llama-cpp-python\[server\]"'):
+        require_backend("llama-cpp")
+    with pytest.raises(LLMServerError, match=r"transformers\[serving\]"):
+        require_backend("transformers")
+
+
+def test_a_taken_port_is_refused_before_starting(tiny_folder: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        server = LocalServer(ServerSpec("transformers", str(tiny_folder), "tiny", port=port))
+        with pytest.raises(LLMServerError, match=f"port {port} is already in use"):
+            server.start()
+        assert server.process is None
+
+
+def test_a_server_that_exits_at_start_reports_its_last_log_line(
+    tiny_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = "import sys; print('error: cannot load the model file'); sys.exit(3)"
+    monkeypatch.setattr(
+        llm_server, "server_command", lambda spec, port: [sys.executable, "-c", script]
+    )
+    server = LocalServer(ServerSpec("transformers", str(tiny_folder), "tiny"))
+    with pytest.raises(LLMServerError) as err:
+        server.start()
+    message = str(err.value)
+    assert "exited before it was ready (exit code 3)" in message
+    assert "cannot load the model file" in message and "\n" not in message
+    assert isinstance(err.value, MapsError)  # the CLI prints it as one line, exit status 2
+
+
+def test_a_server_that_never_answers_times_out_and_is_stopped(
+    tiny_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        llm_server,
+        "server_command",
+        lambda spec, port: [sys.executable, "-c", "import time; time.sleep(60)"],
+    )
+    server = LocalServer(ServerSpec("transformers", str(tiny_folder), "tiny", startup_timeout=1.0))
+    with pytest.raises(LLMServerError, match="did not answer within 1 s"):
+        server.start()
+    assert server.process is not None and server.process.poll() is not None  # stopped, not leaked
+
+
+needs_transformers = pytest.mark.skipif(
+    not backend_installed("transformers"), reason="transformers[serving] is not installed"
+)
+
+
+@needs_transformers
+def test_real_transformers_server_describe_path(tiny_folder: Path, tmp_path: Path) -> None:
+    """Start, answer concurrent requests, record noise as failures (nothing cached), stop."""
+    spec = replace(local_spec(str(tiny_folder), "transformers"), startup_timeout=180)
+    config = LLMConfig(model=spec.name, max_tokens=8, max_attempts=2, backoff=0.01, timeout=120)
+    with LocalServer(spec) as server:
+        assert server.healthy()
+        d = Describer(
+            config,
+            cache=tmp_path / "answers",
+            endpoint=Endpoint(server.base_url, model=server.request_model),
+            health=server.failure,
+        )
+        out = describe_heads(salient_table([(0, 0), (0, 1), (1, 0)]), describer=d, concurrency=3)
+        process = server.process
+    assert process is not None and process.poll() is not None  # stopped at the end of the block
+    assert list(out["name"]) == ["0.0", "0.1", "1.0"]
+    # a random model writes noise: 8 tokens cannot hold the JSON, so every head fails after retries
+    assert set(out["status"]) == {"failed"} and (out["attempts"] == 2).all()
+    assert d.requests >= 6 and not list((tmp_path / "answers").rglob("*.json"))
+
+
+@needs_transformers
+def test_a_server_dying_mid_run_stops_the_run_with_a_resume_hint(
+    tiny_folder: Path, tmp_path: Path
+) -> None:
+    spec = replace(local_spec(str(tiny_folder), "transformers"), startup_timeout=180)
+    config = LLMConfig(model=spec.name, max_tokens=8, max_attempts=3, backoff=0.01, timeout=60)
+    with LocalServer(spec) as server:
+        assert server.process is not None
+        server.process.kill()
+        server.process.wait()
+        d = Describer(
+            config,
+            cache=tmp_path,
+            endpoint=Endpoint(server.base_url, model=server.request_model),
+            health=server.failure,
+        )
+        with pytest.raises(LLMServerError, match="stopped during the run.*rerun the same command"):
+            describe_heads(salient_table([(0, 0)]), describer=d)
+
+
+def test_an_error_inside_the_block_stops_the_server(
+    tiny_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (KeyboardInterrupt) or any error leaves no server behind."""
+    script = (
+        "import http.server, sys\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(b'{}')\n"
+        "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+    )
+    monkeypatch.setattr(
+        llm_server, "server_command", lambda spec, port: [sys.executable, "-c", script, str(port)]
+    )
+    server = LocalServer(ServerSpec("transformers", str(tiny_folder), "tiny"))
+    with pytest.raises(KeyboardInterrupt), server:
+        assert server.alive() and server.healthy()
+        raise KeyboardInterrupt
+    assert not server.alive()
+
+
+needs_llama_cpp = pytest.mark.skipif(
+    not backend_installed("llama-cpp"),
+    reason="llama-cpp-python[server] is not installed (make setup-llm)",
+)
+
+
+@needs_llama_cpp
+def test_real_llama_cpp_server_describes_caches_and_replays(tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct under grammar-constrained JSON: every answer parses and is cached;
+    a rerun with no server answers from the cache alone."""
+    spec = local_spec("smollm2-135m", "llama-cpp", threads=2)
+    config = LLMConfig(model=spec.name, max_tokens=200, json_schema=True, timeout=300)
+    table = salient_table([(0, 0), (3, 1)])
+    with LocalServer(spec) as server:
+        d = Describer(
+            config,
+            cache=tmp_path,
+            endpoint=Endpoint(server.base_url, model=server.request_model),
+            health=server.failure,
+        )
+        first = describe_heads(table, describer=d)
+    assert set(first["status"]) <= {"pattern", "no pattern"} and d.requests == 2
+    assert len(list(tmp_path.rglob("*.json"))) == 2
+    replay = Describer(config, cache=tmp_path, read_also=())
+    again = describe_heads(table, describer=replay, cache_only=True)
+    assert again["cached"].all() and replay.requests == 0
+    assert list(again["pattern"]) == list(first["pattern"])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux only")
+def test_a_killed_run_leaves_no_server_behind(tiny_folder: Path, tmp_path: Path) -> None:
+    """A run killed with SIGKILL cannot clean up; the server dies with it all the same."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    code = (
+        "import sys, time\n"
+        "from mapslib.salient import llm_server\n"
+        "from mapslib.salient.llm_server import LocalServer, ServerSpec\n"
+        "llm_server.server_command = lambda spec, port: [sys.executable, '-m', 'http.server', str(port), '--bind', '127.0.0.1']\n"
+        "llm_server.LocalServer.healthy = lambda self: True\n"
+        f"llm_server.log_dir = lambda: __import__('pathlib').Path({str(tmp_path)!r})\n"
+        f"s = LocalServer(ServerSpec('transformers', {str(tiny_folder)!r}, 'tiny'))\n"
+        "s.start(); print(s.process.pid, flush=True); time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    for _ in range(50):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the server outlived its killed parent")
