@@ -69,7 +69,10 @@ class JudgeSetup:
 def with_descriptions(salient: pd.DataFrame, descriptions: pd.DataFrame) -> pd.DataFrame:
     """The rows of the heads that have a description (pattern or "Unclear"): the ones to judge."""
     answered = descriptions[descriptions["status"].isin(["pattern", "no pattern"])]
-    return salient[salient["name"].isin(set(answered["name"]))]
+    keys = set(zip(answered["layer"].astype(int), answered["head"].astype(int), strict=True))
+    pairs = zip(salient["layer"].astype(int), salient["head"].astype(int), strict=True)
+    return salient[[p in keys for p in pairs]]  # by (layer, head): a table read back may hold
+    # names as numbers
 
 
 def described_part(salient: pd.DataFrame, setup: JudgeSetup) -> pd.DataFrame:
