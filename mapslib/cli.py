@@ -247,6 +247,12 @@ def _book_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="remove the model's cached tables (its data/ folder) first, so every table is recomputed",
     )
+    p.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="static chapters only (01 02 03 07 08): read the weights a layer at a time instead of "
+        "building the model",
+    )
 
 
 @command("book")
@@ -255,6 +261,8 @@ def cmd_book(args: argparse.Namespace) -> None:
     from mapslib.report import book
 
     params = {"device": args.device} | book.parse_parameters(args.parameter)
+    if args.weights_only:
+        params["weights_only"] = True
     index = book.run_book(
         args.model, args.chapters, params, fresh=args.fresh, build=not args.no_build, log=log
     )

@@ -48,6 +48,7 @@ relations = [
 ]  # scored here to pick and explain heads
 words = ["John", "Mary", "France", "Paris", "cat", "big", "walk"]
 top_k = 5
+weights_only = False  # True: read only the weights used, a layer at a time (large models)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -64,7 +65,7 @@ from mapslib.salient.mappings import (
     top_mappings,
 )
 
-lm, hw, name = open_chapter(model, device)
+lm, hw, name = open_chapter(model, device, weights_only)
 
 # %% [markdown]
 # ## The model's dimensions

@@ -38,6 +38,7 @@ embedding = "paper"  # paper | raw | mlp0-residual
 tau = None  # None: the protocol's threshold (mapslib.relation_map.scores.TAU)
 min_pairs = None  # None: the protocol's minimum (mapslib.relation_map.relations.MIN_PAIRS)
 recompute = False  # True: compute every table again even when data/ has it
+weights_only = False  # True: read only the weights used, a layer at a time (large models)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -54,7 +55,7 @@ from mapslib.report.reference import (
 )
 from mapslib.report.tables import known_scores
 
-lm, hw, name = open_chapter(model, device)
+lm, hw, name = open_chapter(model, device, weights_only)
 tau = TAU if tau is None else tau
 min_pairs = MIN_PAIRS if min_pairs is None else min_pairs
 

@@ -39,6 +39,7 @@ seed = 0  # seed of the random matrices (each layer draws from its own generator
 k = None  # None: PROTOCOL.md's rule by vocabulary size
 embedding = "paper"
 recompute = False  # True: compute every table again even when data/ has it
+weights_only = False  # True: read only the weights used, a layer at a time (large models)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -55,7 +56,7 @@ from mapslib.report import plots_salient
 from mapslib.report.display import open_chapter
 from mapslib.report.tables import random_baseline_beside_paper
 
-lm, hw, name = open_chapter(model, device)
+lm, hw, name = open_chapter(model, device, weights_only)
 
 # %% [markdown]
 # ## The distribution each layer's random matrices come from
@@ -125,9 +126,9 @@ max_random_scores(random).round(3)
 # ## Beside the paper
 #
 # The paper's counts, for its models (random matrices over $\tau$, real relation heads where it
-# gives them, all heads). This model is much smaller than any of them and is read from a 4-bit GGUF
-# file (Q4_1) dequantised to float32, so its weights carry quantisation noise that the paper's did
-# not.
+# gives them, all heads). This model is much smaller than any of them and, like every shipped model,
+# is read from a 4-bit GGUF file dequantised to float32 (the format is printed under the first
+# cell), so its weights carry quantisation noise that the paper's did not.
 
 # %%
 random_baseline_beside_paper(table, f"{name} ({len(layer_list)} of {hw.n_layers} layers)")

@@ -54,6 +54,7 @@ options = 4  # lists per held-out question (chance: 1 / options)
 threshold = 0.5  # share of salient tokens an offline detector must explain
 embedding = "paper"  # E_in the heads are read on (chapter 1): paper | raw | mlp0-residual
 recompute = False  # True: compute every table again even when data/ has it
+weights_only = False  # True: read only the weights used, a layer at a time (large models)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -76,7 +77,9 @@ from mapslib.salient.judge import (
     accuracy_summary,
     described_part,
     judge_items,
+    judge_verdict,
     per_head_accuracy,
+    question_text,
     run_judgement,
     with_descriptions,
 )
@@ -90,7 +93,7 @@ from mapslib.salient.labeller import (
 from mapslib.salient.mappings import mapping_table, run_salient, salient_mappings
 from mapslib.salient.saliency import saliency_scores
 
-lm, hw, name = open_chapter(model, device)
+lm, hw, name = open_chapter(model, device, weights_only)
 
 # %% [markdown]
 # ## Saliency of every token, for every head
@@ -285,9 +288,13 @@ comparison[comparison["label"] != "none"][["name", "label", "status", "pattern",
 # seeded derangement).
 
 # %%
-items = judge_items(hw, lm.tokenizer, with_descriptions(salient_all, descriptions), setup, embedding)
+items = judge_items(
+    hw, lm.tokenizer, with_descriptions(salient_all, descriptions), setup, embedding
+)
 judged = run_judgement(items, descriptions, describer, f"{out_dir}/judgements.csv", setup=setup)
-accuracy_summary(judged, setup)
+summary = accuracy_summary(judged, setup)
+print(judge_verdict(summary))
+summary
 
 # %%
 fig = plots_salient.judge_scores(per_head_accuracy(judged), setup.chance, name)
@@ -302,31 +309,29 @@ accuracy_by_layer(judged)
 # One question as the judge saw it, for the first described head:
 
 # %%
-first = items.iloc[0]
-print(f"head {first['layer']}.{first['head']}, source {first['source']}")
-for letter, option, head in zip("ABCD", first["options"], first["option_heads"], strict=False):
-    print(f"  {letter}) {option}    <- head {head}" + ("  (real)" if head == f"{first['layer']}.{first['head']}" else ""))
+print(question_text(items))
 
 # %% [markdown]
 # ## What a 1.5B local describer costs
 #
-# Qwen2.5-Coder-1.5B-Instruct at 4 bits is not GPT-4o, and the tables above show the price. The
-# descriptions are mostly one boilerplate sentence ("promoting synonyms or related words") that
-# fits any head, and it almost never answers "Unclear", so its identification rate per layer says
-# little: the paper's GPT-4o answered "no pattern" for a third of GPT-2 xl's and Pythia's heads.
-# Where the offline labeller finds a checkable operation (copying heads in layers 22-24), the LLM
-# does not name it. The held-out score makes the cost measurable instead of anecdotal: with its own
-# descriptions the judge does no better than with another head's, and both sit near chance (1/4).
-# So, on this machine, the local pipeline runs end to end and reproducibly, but its descriptions
-# carry almost no information about what the head does; the offline labeller and the relation map
-# remain the reliable readings here. The same chapter with `llm_model="gpt-4o"` and a key (or a
-# larger local model, `--llm-model FILE.gguf`) scores a stronger describer by the same rule.
+# Qwen2.5-Coder-1.5B-Instruct at 4 bits is not GPT-4o. The held-out score makes its cost
+# measurable instead of anecdotal: the sentence under the judge's table says whether this model's
+# descriptions beat chance and the shuffled control. On the default model's heads (SmolLM2, the
+# first part of this book) they did not: the descriptions were mostly one boilerplate sentence
+# ("promoting synonyms or related words") that fits any head, the describer almost never answered
+# "Unclear" (GPT-4o did for a third of GPT-2 xl's and Pythia's heads), and where the offline
+# labeller found a checkable operation (copying heads in layers 22-24) the LLM did not name it.
+# So, on this machine, the local pipeline runs end to end and reproducibly, but the offline
+# labeller and the relation map remain the reliable readings. The same chapter with
+# `llm_model="gpt-4o"` and a key (or a larger local model, `--llm-model FILE.gguf`) scores a
+# stronger describer by the same rule.
 #
-# Coverage: the answers committed so far describe one head per layer (heads `L.(L mod 9)`, 30 of
-# 270), chosen so every layer is represented; about 50 s per head on 2 CPU cores, one request at a
-# time. `make describe` resumes the rest from the cache.
+# Coverage: the count of described heads is printed at the top of the LLM section. Describing one
+# head takes about 50 s on 2 CPU cores, one request at a time, so the committed answers cover one
+# head per layer of SmolLM2 (`L.(L mod 9)`) and no head of the other models yet; the command above
+# (or `make describe`) resumes from the cache and asks only for the heads without an answer.
 
 # %% [markdown]
-# The weights come from a 4-bit GGUF file (Q4_1), dequantised to float32: quantisation noise is in
-# every saliency and mapping above. The next chapter uses the same saliencies to ask how *global*
+# The shipped models' weights come from 4-bit GGUF files dequantised to float32 (the format is
+# printed under the first cell): quantisation noise is in every saliency and mapping above. The next chapter uses the same saliencies to ask how *global*
 # each head's operation is.

@@ -43,6 +43,7 @@ seed = 0  # seed of the source sample
 groups = 8  # jackknife groups for the sampling error
 embedding = "paper"  # E_in the heads are read on (chapter 1): paper | raw | mlp0-residual
 recompute = False  # True: compute every table again even when data/ has it
+weights_only = False  # True: read only the weights used, a layer at a time (large models)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -58,7 +59,7 @@ from mapslib.salient.globality import (
 )
 from mapslib.salient.saliency import saliency_scores
 
-lm, hw, name = open_chapter(model, device)
+lm, hw, name = open_chapter(model, device, weights_only)
 
 # %% [markdown]
 # ## Exact or sampled
@@ -154,5 +155,5 @@ print("largest output spaces")
 print(ranked[cols].tail(5).to_string(index=False))
 
 # %% [markdown]
-# The weights come from a 4-bit GGUF file (Q4_1), dequantised to float32, so quantisation noise is
-# part of every number here.
+# The shipped models' weights come from 4-bit GGUF files dequantised to float32 (the format is
+# printed under the first cell), so quantisation noise is part of every number here.

@@ -154,6 +154,8 @@ def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "--bias" in _error(  # argparse's own message, still one error line and status 2
         ["relations", "--bias", "output", "--out", str(tmp_path / "a.csv")], capsys
     )
+    err = _error(["book", "--weights-only", "--chapters", "02", "05", "--no-build"], capsys)
+    assert "05_causal_ablation run(s) the model" in err and "--chapters 01 02 03 07 08" in err
 
 
 @pytest.mark.slow

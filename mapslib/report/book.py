@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,35 @@ def select_chapters(wanted: list[str] | None, available: list[str]) -> list[str]
             raise BadArgument(f"unknown chapter {w!r}; chapters: {', '.join(available)}")
         out.extend(match)
     return out
+
+
+def declared_parameters(chapter: str, notebooks: Path = NOTEBOOKS) -> set[str]:
+    """Names a chapter's parameters cell assigns (`name = ...` at the start of a line)."""
+    import jupytext
+
+    cells = jupytext.read(notebooks / f"{chapter}.py").cells
+    source = next(c.source for c in cells if "parameters" in c.metadata.get("tags", []))
+    return set(re.findall(r"^([A-Za-z_]\w*) = ", source, re.M))
+
+
+def static_chapters(notebooks: Path = NOTEBOOKS) -> list[str]:
+    """Per-model chapters that can run from the weights alone (they declare `weights_only`)."""
+    return [c for c in chapters(notebooks) if "weights_only" in declared_parameters(c, notebooks)]
+
+
+def check_weights_only(selected: list[str], parameters: dict[str, Any]) -> None:
+    """Refuse weights_only for chapters that run the model (behaviour needs the whole model), rather
+    than let them load it whole after all."""
+    if not parameters.get("weights_only"):
+        return
+    static = static_chapters()
+    behaviour = [c for c in selected if c not in static]
+    if behaviour:
+        raise BadArgument(
+            f"weights_only reads the weights alone, but {', '.join(behaviour)} run(s) the model; "
+            f"select the static chapters (--chapters {' '.join(c[:2] for c in static)}) or drop "
+            "--weights-only"
+        )
 
 
 def sync_notebook(py: Path) -> Path:
@@ -177,6 +207,7 @@ def run_book(
         book_level = []
     elif chapters_wanted and cross_model and per_model and not book_level:
         book_level = book_chapters()
+    check_weights_only(per_model, parameters or {})
     if fresh and per_model:
         clear_tables(model)
     for chapter in per_model:

@@ -30,14 +30,19 @@ def notebook_setup(precision: int = 3) -> None:
     torch.manual_seed(0)
 
 
-def open_chapter(model: str, device: str = "cpu") -> tuple[Any, Any, str]:
+def open_chapter(
+    model: str, device: str = "cpu", weights_only: bool = False
+) -> tuple[Any, Any, str]:
     """Every chapter's first cell: set up the notebook, load the model, and say how it was stored.
 
-    Returns the loaded model, its HeadWeights and the short name used in titles.
+    With `weights_only`, only the weights the static chapters read are opened, tensor by tensor from
+    the checkpoint (load_weights: for models larger than memory; same scores); the behaviour
+    chapters need the whole model. Returns the loaded model (or weights), its HeadWeights and the
+    short name used in titles.
     """
-    from mapslib.foundation.models import load_model
+    from mapslib.foundation.models import load_model, load_weights
 
     notebook_setup()
-    lm = load_model(model, device=device)
+    lm = (load_weights if weights_only else load_model)(model, device=device)
     print(lm.quantization)
     return lm, lm.hw, lm.name

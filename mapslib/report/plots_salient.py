@@ -134,6 +134,11 @@ def max_score_distribution(real: pd.DataFrame, random: pd.DataFrame, model: str)
 def judge_scores(per_head: pd.DataFrame, chance: float, model: str) -> Figure:
     """Per-head judge accuracy by group (described, "Unclear", shuffled control), chance marked."""
     fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.set_title(f"{model}: does a description predict held-out mappings?")
+    if per_head.empty:
+        ax.text(0.5, 0.5, "no described head to score yet", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
     order = [g for g in GROUPS if g in set(per_head["group"])]
     sns.stripplot(per_head, x="accuracy", y="group", order=order, ax=ax, alpha=0.6, jitter=0.25)
     sns.pointplot(
@@ -149,7 +154,6 @@ def judge_scores(per_head: pd.DataFrame, chance: float, model: str) -> Figure:
     )
     ax.axvline(chance, color="grey", linestyle="--", label=f"chance ({chance:.2f})")
     ax.set(xlim=(-0.05, 1.05), xlabel="held-out questions answered right (per head)", ylabel="")
-    ax.set_title(f"{model}: does a description predict held-out mappings?")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig

@@ -51,6 +51,13 @@ Questions:
 {questions}"""
 
 
+HELD_COLUMNS = ["layer", "head", "item", "source_id", "source", "real"]
+ITEM_COLUMNS = ["layer", "head", "item", "source", "options", "option_heads", "answer"]
+JUDGED_COLUMNS = [
+    *["layer", "head", "name", "item", "status", "description_of", "answer", "picked", "correct"]
+]
+
+
 @dataclass(frozen=True)
 class JudgeSetup:
     """How the held-out test is built: tokens kept back, options per question, and the seed."""
@@ -106,7 +113,7 @@ def held_out_sources(salient: pd.DataFrame, setup: JudgeSetup) -> pd.DataFrame:
                     real=targets,
                 )
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=HELD_COLUMNS)  # columns kept when no head is described
 
 
 def _distractor_heads(heads: list[Head], own: Head, n: int, rng: np.random.Generator) -> list[Head]:
@@ -162,7 +169,7 @@ def judge_items(
                 answer=int(np.argmax(order == 0)),
             )
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=ITEM_COLUMNS)
 
 
 def _top_lists(
@@ -282,7 +289,7 @@ def judge_heads(
                     correct=None if p is None else bool(p == r.answer),
                 )
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=JUDGED_COLUMNS)
 
 
 def _judge(
@@ -304,6 +311,46 @@ def _group(judged: pd.DataFrame) -> pd.Series:
     own = judged["status"].map({"pattern": GROUPS[0], "no pattern": GROUPS[1]})
     control = judged["control"] if "control" in judged else False
     return own.where(~pd.Series(control, index=judged.index).astype(bool), GROUPS[2])
+
+
+def question_text(items: pd.DataFrame, index: int = 0) -> str:
+    """One question as the judge saw it (its options, each with the head it came from), for the
+    chapter; a sentence when there is none."""
+    if items.empty:
+        return "No question: no head of this model has a description to score yet."
+    q = items.iloc[index]
+    own = f"{q['layer']}.{q['head']}"
+    lines = [f"head {own}, source {q['source']}"]
+    for letter, option, head in zip(LETTERS, q["options"], q["option_heads"], strict=False):
+        lines.append(
+            f"  {letter}) {option}    <- head {head}" + ("  (real)" if head == own else "")
+        )
+    return "\n".join(lines)
+
+
+def judge_verdict(summary: pd.DataFrame, alpha: float = 0.05) -> str:
+    """What accuracy_summary says, in one sentence: own descriptions against chance and control."""
+    by = summary.set_index("group")
+    own, ctrl = by.loc[GROUPS[0]], by.loc[GROUPS[2]]
+    if not own["questions"]:
+        return "Nothing to score yet: no head of this model has a description with a pattern."
+    text = (
+        f"With their own descriptions, {int(own['heads'])} heads answered {own['accuracy']:.3f} of "
+        f"{int(own['questions'])} held-out questions (chance {own['chance']:.2f}, binomial p = "
+        f"{own['p (binomial, > chance)']:.3g})"
+    )
+    if ctrl["questions"]:
+        text += f"; with shuffled descriptions, {ctrl['accuracy']:.3f} of {int(ctrl['questions'])}"
+    better = own["p (binomial, > chance)"] < alpha and (
+        not ctrl["questions"] or own["accuracy"] > ctrl["accuracy"]
+    )
+    verdict = (
+        "the descriptions carry information about the heads' mappings"
+        if better
+        else "the descriptions do not predict the held-out mappings better than chance or the "
+        "control"
+    )
+    return f"{text}: {verdict} (alpha {alpha})."
 
 
 def per_head_accuracy(judged: pd.DataFrame) -> pd.DataFrame:

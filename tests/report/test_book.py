@@ -182,3 +182,26 @@ def test_model_index_lists_the_chapters_not_yet_executed(tmp_path: Path) -> None
     for c in rest:
         (folder / f"{c}.ipynb").write_text("{}")
     assert "Not yet executed" not in book.write_model_index("smollm2-135m", tmp_path).read_text()
+
+
+def test_static_chapters_declare_weights_only() -> None:
+    """The chapters that read only weights say so; the CLI's --weights-only help names them."""
+    assert book.static_chapters() == [
+        "01_methods",
+        "02_relation_map",
+        "03_random_baseline",
+        "07_salient_operations",
+        "08_global_vs_specific",
+    ]
+    assert {"model", "suppressor", "weights_only"} <= book.declared_parameters(
+        "07_salient_operations"
+    )
+
+
+def test_weights_only_is_refused_for_chapters_that_run_the_model(calls: dict[str, list]) -> None:
+    """A behaviour chapter would load the whole model anyway: say so before running anything."""
+    with pytest.raises(BadArgument, match="04_correlation.*--chapters 01 02 03 07 08"):
+        book.run_book("m", ["02", "04"], {"weights_only": True}, build=False)
+    assert calls["model"] == []
+    book.run_book("m", ["02", "08"], {"weights_only": True}, build=False)
+    assert calls["model"] == ["02_relation_map", "08_global_vs_specific"]

@@ -19,9 +19,13 @@ from mapslib.salient.judge import (
     judge_heads,
     judge_items,
     judge_messages,
+    judge_verdict,
     parse_judgement,
     per_head_accuracy,
+    question_text,
+    run_judgement,
     shuffled_sources,
+    with_descriptions,
 )
 from mapslib.salient.mappings import mapping_strings, salient_mappings, top_mappings
 
@@ -182,3 +186,34 @@ def test_accuracy_summary_and_by_layer() -> None:
     assert by_layer.loc[1, "accuracy"] == 0.75 and by_layer.loc[2, "heads"] == 1  # control left out
     groups = per_head_accuracy(judged).set_index(["group", "name"])["accuracy"]
     assert groups[("shuffled descriptions (control)", "1.0")] == 0.25
+    verdict = judge_verdict(accuracy_summary(judged, JudgeSetup(options=4)))
+    assert "1 heads answered 0.750 of 4" in verdict and "0.250 of 8" in verdict
+    assert "do not predict" in verdict  # p = 13/256 > 0.05: four questions prove nothing
+
+
+def test_a_model_with_no_description_yet(smollm2, salient: pd.DataFrame, tmp_path: Path) -> None:
+    """A model nobody has described (every head "unavailable") gives empty tables with their columns,
+    a plain sentence and an empty figure, not a KeyError deep in pandas (seen on Qwen's chapter 7)."""
+    from mapslib.report.plots_salient import judge_scores
+
+    desc = pd.DataFrame(
+        [dict(name=f"{la}.{h}", layer=la, head=h, status="unavailable") for la, h in HEADS]
+    )
+    items = judge_items(smollm2.hw, smollm2.tokenizer, with_descriptions(salient, desc), SETUP)
+    assert items.empty and "answer" in items.columns
+    d = Describer(LLMConfig(model="judge"), cache=tmp_path, read_also=())
+    d.replay = True  # never asks: nothing to ask about
+    judged = run_judgement(items, desc, d, tmp_path / "j.csv", setup=SETUP)
+    assert judged.empty and {"correct", "control"} <= set(judged.columns)
+    summary = accuracy_summary(judged, SETUP)
+    assert summary["questions"].sum() == 0
+    assert judge_verdict(summary).startswith("Nothing to score yet")
+    assert question_text(items).startswith("No question")
+    assert accuracy_by_layer(judged).empty
+    judge_scores(per_head_accuracy(judged), SETUP.chance, "m")
+
+
+def test_question_text_marks_the_real_list(items: pd.DataFrame) -> None:
+    text = question_text(items).splitlines()
+    assert len(text) == 1 + len(items["options"].iloc[0])
+    assert sum("(real)" in line for line in text) == 1
