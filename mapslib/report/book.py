@@ -238,6 +238,7 @@ def write_model_index(model: str, book: Path = BOOK) -> Path:
     text = (
         f"# {slug}\n\n"
         f"Model: **{described}**.\n\n"
+        f"{reading_text(book / 'models' / slug)}"
         "Every chapter below was executed with papermill for this model; the tables it wrote are in "
         "`data/` beside the notebooks, each with a JSON of the parameters, model revision and versions "
         "that made it.\n\n"
@@ -246,6 +247,25 @@ def write_model_index(model: str, book: Path = BOOK) -> Path:
         f"```bash\npython -m mapslib book --model {model}\n```\n"
     )
     return write_text(book / "models" / slug / "index.md", text)
+
+
+def reading_text(folder: Path) -> str:
+    """The index's sentence on which reading of E_in chapter 4 supports for this model, from the
+    tables that chapter wrote (empty before chapter 4 has run)."""
+    from mapslib.behaviour.correlation import supported_reading
+    from mapslib.report.book_parts import ModelPart, model_info, reading_correlations
+
+    if not (folder / "data" / "dynamic_scores.csv").is_file():
+        return ""
+    part = ModelPart(data=folder / "data", **model_info(folder))
+    table = reading_correlations(part)
+    if table is None:
+        return ""
+    return (
+        "**Reading of $E_\\text{in}$** (chapter 4; the correlation of static scores with the heads' "
+        f"outputs during inference): {supported_reading(table)}. The chapters read the heads with "
+        "the paper's $E_\\text{in}$ unless they say otherwise.\n\n"
+    )
 
 
 def toc_text(root: Path = ROOT) -> str:

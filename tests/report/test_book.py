@@ -205,3 +205,11 @@ def test_weights_only_is_refused_for_chapters_that_run_the_model(calls: dict[str
     assert calls["model"] == []
     book.run_book("m", ["02", "08"], {"weights_only": True}, build=False)
     assert calls["model"] == ["02_relation_map", "08_global_vs_specific"]
+
+
+def test_model_index_states_the_reading_chapter_4_supports(tmp_path: Path) -> None:
+    """From the committed tables of Gemma's part (chapter 4 prefers E + MLP_0 there); nothing
+    before chapter 4 has run."""
+    text = book.reading_text(book.BOOK / "models" / "gemma3-270m")
+    assert "mlp0-residual tracks behaviour best" in text and "paper" in text
+    assert book.reading_text(tmp_path) == ""
