@@ -126,17 +126,19 @@ def main() -> None:
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mapsbench-"))
     report: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    report["machine"] = {
+    machine = {
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "matmul_gflops": matmul_rate(args.device),
     }
+    print("matmul rate (GFLOP/s):", machine["matmul_gflops"], flush=True)
     report["device"] = args.device
-    report["matmul_gflops"] = matmul_rate(args.device)
-    print("matmul rate (GFLOP/s):", report["matmul_gflops"], flush=True)
     report.setdefault("models", {})
     for model in args.models:
-        report["models"][model] = bench_model(model, tmp, args.device, not args.no_cold)
+        # each entry keeps the machine it ran on: hosts differ (the skinny GEMM rate varied 3x)
+        entry = bench_model(model, tmp, args.device, not args.no_cold)
+        report["models"][model] = entry | {"machine": machine}
         if model == "smollm2-135m" and not args.skip_naive:
             naive = naive_check(tmp / f"{model}.csv", tmp, args.device)
             warm = report["models"][model]["warm"]["wall_s"]
