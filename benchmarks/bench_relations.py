@@ -99,6 +99,7 @@ def bench_model(model: str, tmp: Path, device: str, cold: bool) -> dict:
         "executed_tflop": round(side["kernel"]["flops"] / 1e12, 3),
         "executed_rate_gflops": round(side["kernel"]["flops"] / score_s / 1e9, 1),
         "rows": side["kernel"]["rows"],
+        "rows_in_dense_sample_pass": side["kernel"].get("dense_rows", 0),
         "rows_needing_full_pass": side["kernel"]["full_rows"],
     }
     print(f"{model} kernel:", out["timings_s"], out["kernel"], flush=True)

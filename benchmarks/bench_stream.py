@@ -276,6 +276,8 @@ def synthetic_relations(vocab: int, seed: int = 0):
 
 def child_synthetic(folder: str, layers: list[int], device: str, out: str) -> None:
     """In its own process: the relation map of `layers` on the checkpoint, weights only, timed."""
+    from dataclasses import asdict
+
     from mapslib.foundation.adapters import HeadWeights
     from mapslib.foundation.checkpoint import CheckpointSource, SafetensorsStore
     from mapslib.foundation.kernels import KernelStats
@@ -338,7 +340,7 @@ def child_synthetic(folder: str, layers: list[int], device: str, out: str) -> No
         "mlp0_s": mlp["seconds"],
         "mlp0_rows": mlp["rows"],
         "scoring_s_per_head": compute / heads,
-        "kernel": {"rows": stats.rows, "full_rows": stats.full_rows, "flops": stats.flops},
+        "kernel": asdict(stats),
         "kernel_gflops_per_s": stats.flops / max(compute, 1e-9) / 1e9,
         "rss_at_end_gib": rss() / GIB,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

@@ -27,7 +27,8 @@
 # the top $m$ heads by static (promote) score among those scoring above 0, $m$ set by the model's
 # number of heads (< 300 heads: 30); they are removed one by one in score order, which gives an
 # accuracy curve. Two baselines: as many **random** heads, drawn from the heads that are not
-# relation heads (200 seeded draws: mean, sample standard deviation, and the share of draws that hurt
+# relation heads (`random_draws` seeded draws, 200 unless the run's parameters say otherwise: mean,
+# sample standard deviation, and the share of draws that hurt
 # the task as much as the relation heads, an empirical p-value), and up to 5 **control** tasks of
 # other relations, whose heads overlap by less than 15% and whose base accuracy is within 0.2,
 # with the *target's* relation heads removed. A relation whose base accuracy is below 0.1 is
@@ -42,7 +43,7 @@
 # Control curves and the first 5 random draws (the paper's number) are evaluated at every `step`-th
 # head and at the last one (all relation heads); every other draw only at the last, which is where
 # "minus random heads" is read: it always removes as many heads as the relation has. Each draw costs
-# one token per prompt, so 200 draws are cheap. CI re-executes a small version of this chapter with
+# one token per prompt, so 200 draws are cheap on a small model. CI re-executes a small version of this chapter with
 # `-p relations '["country_to_capital_wikidata", "name_copying", "country_to_official_language_wikidata", "entity_to_pronoun"]'
 # -p max_prompts 30 -p random_draws 10 -p step 10`.
 

@@ -8,8 +8,9 @@ such rows, always in column blocks so memory stays bounded:
   is in the top-k (bottom-k) of its row iff fewer than k entries lie above (below) it, so one pass
   answers promotion and suppression for every k up to `cap`. It first counts over a fixed sample of
   columns: a row with `cap` or more entries on both sides within the sample is decided, exactly, without
-  its other columns. Only the undecided rows get a full pass. The answer is exact; the sample only
-  changes the speed. An entry within floating-point error of the target (a few eps times
+  its other columns. On a large vocabulary the rows it leaves undecided are counted again over a denser
+  sample (8 times the columns; it contains the first), and only the rows still undecided get a full
+  pass. The answer is exact; the samples only change the speed. An entry within floating-point error of the target (a few eps times
   ||row of E_in W_VO|| * ||U columns||) is a tie and counts on neither side: the most favourable
   tie-break, and one that does not depend on which product computed which entry.
 * `topk_rows`: the top-k entries (values and columns) of each row, for salient mappings.
@@ -49,11 +50,16 @@ def default_stride(vocab_size: int) -> int:
     return 2 ** max(0, round(math.log2(vocab_size / 6144)))
 
 
+DENSER = 8  # the second sample has this many times the first's columns (when its stride is >= 2)
+
+
 @dataclass
 class KernelStats:
-    """What `count_outside` actually did: rows seen, rows needing a full pass, multiply-adds x 2."""
+    """What `count_outside` actually did: rows seen, rows counted over the denser sample, rows
+    needing a full pass, multiply-adds x 2."""
 
     rows: int = 0
+    dense_rows: int = 0
     full_rows: int = 0
     flops: float = 0.0
 
@@ -70,6 +76,17 @@ class Unembedding:
     rows: Tensor  # (|V|, d): row t is U[:, t]
     U_sample: Tensor  # (d, |V| / stride): every stride-th column of U
     stride: int
+
+    @property
+    def dense_stride(self) -> int:
+        """Stride of the second, denser sample; 0 when it would be the whole of U."""
+        s = self.stride // DENSER
+        return s if s >= 2 else 0
+
+    @property
+    def U_dense(self) -> Tensor:
+        """Every dense_stride-th column of U, a view (no copy): (d, |V| / dense_stride)."""
+        return self.rows[:: self.dense_stride].T
 
     @staticmethod
     def prepare(U: Tensor, stride: int | None = None) -> Unembedding:
@@ -149,14 +166,28 @@ def _cost(n: int, r: int, d: int) -> int:
     return min(r * d + n * r, n * d)
 
 
-def _cheaper(
-    a: Tensor, b: Tensor, w_o: Tensor, U: Tensor, n: int
-) -> tuple[Tensor, Callable[[int, int], Tensor]]:
-    """Left rows and a column-block function for rows of a @ w_o @ U, in the cheaper association."""
-    r, d = w_o.shape
-    if r * d + n * r < n * d:
-        return a, lambda c0, c1: w_o @ U[:, c0:c1].to(w_o.dtype)
-    return b, lambda c0, c1: U[:, c0:c1].to(b.dtype)
+Columns = Callable[[int, int], Tensor]
+
+
+def _route(
+    a: Tensor | None, b: Tensor, w_o: Tensor | None, U: Tensor
+) -> tuple[Tensor, Columns, int]:
+    """Left rows, a column-block function and multiply-adds per column for rows of a @ w_o @ U = b @ U,
+    in the cheaper association; `a` None: only b (rows stacked from several heads)."""
+    n, d = b.shape
+    if a is not None and w_o is not None and _cost(n, *w_o.shape) < n * d:
+        return a, lambda c0, c1: w_o @ U[:, c0:c1].to(w_o.dtype), _cost(n, *w_o.shape)
+    return b, lambda c0, c1: U[:, c0:c1].to(b.dtype), n * d
+
+
+def _in_sample(targets: Tensor, stride: int) -> Tensor:
+    """Each target's column within the every-`stride`-th sample of U's columns, or -1 if not in it."""
+    return torch.where(targets % stride == 0, targets // stride, torch.full_like(targets, -1))
+
+
+def _undecided(above: Tensor, below: Tensor, cap: int) -> Tensor:
+    """Rows with fewer than `cap` entries counted on either side: counts so far do not settle them."""
+    return ((above < cap) | (below < cap)).nonzero().squeeze(1)
 
 
 @dataclass
@@ -170,10 +201,16 @@ class _Pending:
 
 
 def _sample_pass(
-    a: Tensor, w_o: Tensor, unembed: Unembedding, targets: Tensor, cap: int, blocks: Blocks
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Counts over the column sample; returns b = a W_O, target entries v, tolerances, above, below,
-    and the rows the sample leaves undecided."""
+    a: Tensor,
+    w_o: Tensor,
+    unembed: Unembedding,
+    targets: Tensor,
+    cap: int,
+    blocks: Blocks,
+    stats: KernelStats | None,
+) -> tuple[Tensor, Tensor, Tensor, _Pending]:
+    """Counts over the first column sample; returns b = a W_O, target entries v, tolerances, and the
+    counts with the rows they leave undecided."""
     b = a @ w_o  # (n, d): rows of E_in W_VO, cheap
     u_t = unembed.rows[targets].to(a.dtype)
     v = (b * u_t).sum(1)  # the target entries
@@ -181,12 +218,52 @@ def _sample_pass(
     # target and an entry j carry rounding errors below ~3 eps ||b|| ||u|| (measured on SmolLM2 for
     # both associations), so 4 eps ||b|| (||u_t|| + max_j ||u_j||) bounds their difference with margin.
     tol = 4 * torch.finfo(a.dtype).eps * b.norm(dim=1) * (u_t.norm(dim=1) + unembed.max_norm)
-    stride, n_sample = unembed.stride, unembed.U_sample.shape[1]
-    in_sample = torch.where(targets % stride == 0, targets // stride, torch.full_like(targets, -1))
-    x, cols = _cheaper(a, b, w_o, unembed.U_sample, a.shape[0])
-    above, below = _count_over_columns(x, cols, n_sample, v, tol, in_sample, blocks)
-    todo = ((above < cap) | (below < cap)).nonzero().squeeze(1)
-    return b, v, tol, above, below, todo
+    x, cols, cost = _route(a, b, w_o, unembed.U_sample)
+    n_sample = unembed.U_sample.shape[1]
+    above, below = _count_over_columns(
+        x, cols, n_sample, v, tol, _in_sample(targets, unembed.stride), blocks
+    )
+    if stats is not None:
+        stats.rows += a.shape[0]
+        stats.flops += 2 * (b.numel() * a.shape[1] + cost * n_sample)
+    return b, v, tol, _Pending(None, above, below, _undecided(above, below, cap))
+
+
+def _settle(
+    a: Tensor | None,
+    b: Tensor,
+    w_o: Tensor | None,
+    v: Tensor,
+    tol: Tensor,
+    targets: Tensor,
+    unembed: Unembedding,
+    cap: int,
+    blocks: Blocks,
+    stats: KernelStats | None,
+) -> tuple[Tensor, Tensor]:
+    """Counts for rows the first sample left undecided: over the denser sample (a row with `cap` on
+    both sides there is settled), then over all of U for the rows still undecided."""
+    n = b.shape[0]
+    above = torch.zeros(n, dtype=torch.float32, device=b.device)
+    below = torch.zeros_like(above)
+    todo = torch.arange(n, device=b.device)
+    stages = [(unembed.U_dense, unembed.dense_stride)] if unembed.dense_stride else []
+    for U, stride in [*stages, (unembed.U, 1)]:
+        if not todo.numel():
+            break
+        sub = (None if a is None else a[todo], b[todo], w_o)
+        x, cols, cost = _route(*sub, U)
+        above[todo], below[todo] = _count_over_columns(
+            x, cols, U.shape[1], v[todo], tol[todo], _in_sample(targets[todo], stride), blocks
+        )
+        if stats is not None:
+            stats.flops += 2 * cost * U.shape[1]
+            if stride > 1:
+                stats.dense_rows += todo.numel()
+            else:
+                stats.full_rows += todo.numel()
+        todo = _undecided(above, below, cap) if stride > 1 else todo[:0]
+    return above, below
 
 
 def count_outside_many(
@@ -201,54 +278,52 @@ def count_outside_many(
     (key, above, below) as each is answered, not necessarily in order.
 
     A head whose undecided rows are cheaper in the direct association, (a W_O) U, does not stream U on
-    its own: its rows wait, stacked with other heads', until `max_rows` wait, and one pass over U then
-    answers them all. Same multiply-adds, but U (|V| x d, 0.9 GB for Qwen2.5-1.5B) is read once per
-    batch of heads instead of once per head. Heads with many undecided rows keep the factored route.
+    its own: its rows wait, stacked with other heads', until `max_rows` wait, and one pass over U (and
+    over the denser sample before it) then answers them all. Same multiply-adds, but U (|V| x d, 0.9 GB
+    for Qwen2.5-1.5B) is read once per batch of heads instead of once per head. Heads with many
+    undecided rows keep the factored route.
     """
     blocks = blocks or Blocks.for_device(unembed.rows.device)
-    V = unembed.vocab_size
     waiting: list[tuple[_Pending, Tensor, Tensor, Tensor, Tensor]] = []  # (item, rows, v, tol, tgt)
     n_waiting = 0
     for key, a, w_o, targets in problems:
-        b, v, tol, above, below, todo = _sample_pass(a, w_o, unembed, targets, cap, blocks)
-        (n, r), d, m = a.shape, w_o.shape[1], todo.numel()
-        if stats is not None:
-            stats.rows += n
-            stats.full_rows += m
-            n_sample = unembed.U_sample.shape[1]
-            stats.flops += 2 * (
-                n * r * d + _cost(n, r, d) * n_sample + (_cost(m, r, d) * V if m else 0)
-            )
-        item = _Pending(key, above, below, todo)
+        b, v, tol, item = _sample_pass(a, w_o, unembed, targets, cap, blocks, stats)
+        item.key, todo, (r, d), m = key, item.todo, w_o.shape, item.todo.numel()
         if m and r * d + m * r < m * d:  # factored is cheaper: this head streams U on its own
-            x, cols = _cheaper(a[todo], b[todo], w_o, unembed.U, m)
-            item.above[todo], item.below[todo] = _count_over_columns(
-                x, cols, V, v[todo], tol[todo], targets[todo], blocks
+            item.above[todo], item.below[todo] = _settle(
+                a[todo],
+                b[todo],
+                w_o,
+                v[todo],
+                tol[todo],
+                targets[todo],
+                unembed,
+                cap,
+                blocks,
+                stats,
             )
         elif m:
             waiting.append((item, b[todo], v[todo], tol[todo], targets[todo]))
             n_waiting += m
             if n_waiting >= max_rows:
-                yield from _full_pass(waiting, unembed, cap, blocks)
+                yield from _stacked_pass(waiting, unembed, cap, blocks, stats)
                 waiting, n_waiting = [], 0
             continue
         yield key, item.above.clamp_max(cap).long(), item.below.clamp_max(cap).long()
     if waiting:
-        yield from _full_pass(waiting, unembed, cap, blocks)
+        yield from _stacked_pass(waiting, unembed, cap, blocks, stats)
 
 
-def _full_pass(
+def _stacked_pass(
     waiting: list[tuple[_Pending, Tensor, Tensor, Tensor, Tensor]],
     unembed: Unembedding,
     cap: int,
     blocks: Blocks,
+    stats: KernelStats | None,
 ) -> Iterator[tuple[object, Tensor, Tensor]]:
-    """Full rows of every waiting head's undecided rows, stacked: one pass over U for all of them."""
+    """Every waiting head's undecided rows, stacked, settled together: one pass over U for all."""
     rows, v, tol, tgt = (torch.cat([w[i] for w in waiting]) for i in range(1, 5))
-    U = unembed.U
-    above, below = _count_over_columns(
-        rows, lambda c0, c1: U[:, c0:c1].to(rows.dtype), unembed.vocab_size, v, tol, tgt, blocks
-    )
+    above, below = _settle(None, rows, None, v, tol, tgt, unembed, cap, blocks, stats)
     at = 0
     for item, part, *_ in waiting:
         m = part.shape[0]

@@ -123,6 +123,12 @@ CLAIM_RULES: dict[str, tuple[str, str]] = {  # id -> (title, the rule applied to
         "for each relation run with control tasks: the relative accuracy drop on its task exceeds "
         f"the mean relative drop on its controls; {_SHARE_RULE}",
     ),
+    "known_heads": (
+        "Name movers found by behaviour are name-copying heads",
+        "for each name mover (negative name mover) chapter 10 found by its direct effect on IOI "
+        "prompts: recognised when its name-copying promote (suppress) score is >= tau under the "
+        f"model's reading; {_SHARE_RULE}; no chapter 10 table or no such head: not testable",
+    ),
     "reading": (
         "The paper's E_in (MLP_0 of the embeddings) tracks behaviour",
         f"the paper map's median r without context (chapter 04, promotion) is within "
@@ -149,6 +155,7 @@ CLAIM_ORDER = [  # the claims in the order the chapter gives them
     "low_max",
     "causal",
     "control",
+    "known_heads",
     "reading",
 ]
 

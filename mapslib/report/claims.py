@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mapslib.behaviour.correlation import CLEAR_MARGIN
+from mapslib.behaviour.known_heads import PREDICTED_SIDE, ROLES
 from mapslib.relation_map.relations import label_of
 from mapslib.relation_map.scores import TAU
 from mapslib.report.book_parts import (
@@ -208,6 +209,26 @@ class _Checker:
         k = int((e["relative drop, relation heads"] > e["relative drop, controls"]).sum())
         return share_verdict(k, len(e)), f"{_pct(k, len(e))} relations with controls"
 
+    def known_heads(self, p: ModelPart) -> tuple[str, str]:
+        found = p.table("known_heads.csv")
+        if found is None:
+            return NOT_TESTABLE, "no chapter 10 table"
+        found = found[found["role"].isin(ROLES)]
+        if found.empty:
+            return NOT_TESTABLE, "no name mover found by behaviour"
+        s = p.scores(self.readings[p.name])
+        s = s[s["relation"] == "name_copying"].set_index(["layer", "head", "mode"])["score"]
+        if s.empty:
+            return NOT_TESTABLE, "name copying not scored"
+        keys = zip(found["layer"], found["head"], found["role"].map(PREDICTED_SIDE), strict=True)
+        over = pd.Series([s.get(key, np.nan) >= self.tau for key in keys], index=found.index)
+        counts = [
+            f"{role}s {int(over[found['role'] == role].sum())} of {int((found['role'] == role).sum())}"
+            for role in ROLES
+        ]
+        k, n = int(over.sum()), len(over)
+        return share_verdict(k, n), f"{_pct(k, n)} over tau on their side ({', '.join(counts)})"
+
     def reading(self, p: ModelPart) -> tuple[str, str]:
         med = median_r(p)
         if med is None:
@@ -359,6 +380,7 @@ _PER_MODEL_CLAIMS: dict[str, tuple[str, ...]] = {  # claim -> the kinds of reaso
     "low_max": (),
     "causal": ("draws", "relation_heads", "experiment_reading"),
     "control": ("relation_heads",),
+    "known_heads": ("few_heads", "reading"),
     "reading": (),
 }
 _PAPER_KEY = {"multi_category_trend": "multi_category", "max_scores_book": "max_scores"}
@@ -383,6 +405,8 @@ def paper_evidence() -> dict[str, str]:
         "causal": f"Pythia 12B: {_pct(k['relation drop > random drop'], k['relations'])} "
         "(relative drop above random's; no std quoted)",
         "control": f"Pythia 12B: {_pct(k['task drop > control drop'], k['with controls'])}",
+        "known_heads": "GPT-2 small: 5 of 5 (name movers 3 of 3, negative name movers 2 of 2); "
+        "6 of 8 backup heads",
     }
 
 

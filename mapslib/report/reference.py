@@ -140,6 +140,9 @@ PAPER_CLAIMS: dict[str, str] = {
     "compared to <13% when removing random heads",
     "control": "while the accuracy drop for the control tasks is sometimes considerable (at most "
     "32%), it is significantly smaller than the relative drop on the target relation task",
+    "known_heads": "we classified all three name-mover heads as implementing the `name copying` "
+    "relation, and the two negative name-mover heads as implementing the suppression variant of "
+    "`name copying`",
     "reading": "For every model except Llama-3.1 70B [...] we first applied the model's first MLP "
     "to the tokens embeddings [...] Regarding Llama-3.1 70B, we observed better results when not "
     "applying the first MLP",

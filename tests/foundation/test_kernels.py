@@ -121,6 +121,24 @@ def test_topk_rows_matches_torch_topk(largest: bool) -> None:
     assert torch.equal(cols, want_i)
 
 
+def _answer_all(
+    problems: list, want: dict, unembed: Unembedding, blocks: Blocks, max_rows: int
+) -> KernelStats:
+    """count_outside_many at cap 10 on `problems`; every problem answered, each with its
+    brute-force counts `want[key]`. Returns the kernel's stats."""
+    stats = KernelStats()
+    got = {
+        key: (above, below)
+        for key, above, below in count_outside_many(
+            problems, unembed, 10, blocks, stats, max_rows=max_rows
+        )
+    }
+    assert sorted(got) == sorted(want)
+    for key, (above, below) in got.items():
+        assert torch.equal(above, want[key][0]) and torch.equal(below, want[key][1])
+    return stats
+
+
 @pytest.mark.parametrize("max_rows", [1, 7, 10_000])
 def test_count_outside_many_stacks_heads_and_matches_brute_force(max_rows: int) -> None:
     """Problems answered together (rows stacked across heads, flushed every `max_rows`) give each
@@ -137,16 +155,7 @@ def test_count_outside_many_stacks_heads_and_matches_brute_force(max_rows: int) 
         targets[:n_top] = M.argmax(1)[:n_top]  # top-1: needs the full pass
         problems.append((key, a, w_o, targets))
         want[key] = tuple(c.clamp_max(10) for c in _brute_counts(M, targets))
-    stats = KernelStats()
-    got = {
-        key: (above, below)
-        for key, above, below in count_outside_many(
-            problems, unembed, 10, Blocks(8, 64), stats, max_rows=max_rows
-        )
-    }
-    assert sorted(got) == [0, 1, 2, 3]
-    for key, (above, below) in got.items():
-        assert torch.equal(above, want[key][0]) and torch.equal(below, want[key][1])
+    stats = _answer_all(problems, want, unembed, Blocks(8, 64), max_rows)
     assert stats.full_rows == 30 + 3 + 40  # the top-1 rows, and no others
 
 
@@ -172,3 +181,34 @@ def test_a_bf16_unembedding_gives_the_float32_counts_and_top_k() -> None:
         strict=True,
     ):
         assert torch.equal(x, y)
+
+
+def _near_top_targets(M: torch.Tensor, rank: int) -> torch.Tensor:
+    """The entry ranked `rank` in each row (0 = largest): near the top, so a sparse sample holds too
+    few entries above it, while a denser one holds enough."""
+    return M.argsort(dim=1, descending=True)[:, rank]
+
+
+@pytest.mark.parametrize("max_rows", [1, 10_000])
+def test_rows_left_by_the_first_sample_are_settled_by_the_denser_one(max_rows: int) -> None:
+    """Stride 64 (dense stride 8) on 4000 columns: targets ranked ~200 have ~3 entries above them in
+    the first sample (< cap) but ~25 in the dense one, so the dense pass settles them, no full pass;
+    top-1 targets go on to the full pass. The counts are brute force's either way."""
+    g = torch.Generator().manual_seed(2)
+    U = torch.randn(16, 4000, generator=g, dtype=torch.float64)
+    unembed = Unembedding.prepare(U, 64)
+    assert unembed.dense_stride == 8 and unembed.U_dense.shape == (16, 500)
+    problems, want = [], {}
+    for key, r in enumerate((2, 12)):  # r=2: factored route; r=12 (n*d < r*d + n*r): stacked
+        a = torch.randn(20, r, generator=g, dtype=torch.float64)
+        w_o = torch.randn(r, 16, generator=g, dtype=torch.float64)
+        M = a @ w_o @ U
+        targets = _near_top_targets(M, 200)
+        targets[:4] = M.argmax(1)[:4]
+        problems.append((key, a, w_o, targets))
+        want[key] = tuple(c.clamp_max(10) for c in _brute_counts(M, targets))
+    stats = _answer_all(problems, want, unembed, Blocks(16, 128), max_rows)
+    # a rank-200 row has ~3 entries above it in the 1-in-64 sample (< cap), so all 40 rows reach the
+    # dense stage; there (1 in 8: ~25 above) every rank-200 row is settled
+    assert stats.dense_rows == 40
+    assert stats.full_rows == 8  # only the top-1 rows of the two heads

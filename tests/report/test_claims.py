@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from mapslib.relation_map.scores import TAU
 from mapslib.report import claims
 from mapslib.report.book_parts import ModelPart, model_parts
@@ -107,3 +109,25 @@ def test_reasons_given_where_a_claim_is_not_supported(behaviour_book: Path) -> N
         "static score)"
     )
     assert why[("correlation", "tiny-135m")] == ""  # supported: nothing to explain
+
+
+def test_known_heads_claim_reads_chapter_10_roles_against_the_map(behaviour_book: Path) -> None:
+    """Name movers (promote side) and negative name movers (suppress side) of chapter 10's table,
+    each recognised when its name-copying score on that side reaches tau; other roles are left out."""
+    data = behaviour_book / "models" / "tiny-135m" / "data"
+    rows = [  # (layer, head, role): SMALL gives name copying promote 0.8 at 2.0, 0.3 at 2.1, else 0
+        (2, 0, "name mover"),
+        (2, 1, "name mover"),
+        (3, 2, "negative name mover"),
+        (0, 0, "S mover"),
+        (1, 1, "-"),
+    ]
+    pd.DataFrame(rows, columns=["layer", "head", "role"]).to_csv(data / "known_heads.csv")
+    checks = claims.claim_checks(model_parts(behaviour_book), permutations=50)
+    row = checks.set_index(["claim", "model"]).loc[("known_heads", "tiny-135m")]
+    assert row["verdict"] == MIXED  # 2 of 3: between REJECT_SHARE and SUPPORT_SHARE
+    assert row["evidence"] == (
+        "2 of 3 (67%) over tau on their side (name movers 2 of 2, negative name movers 0 of 1)"
+    )
+    other = checks.set_index(["claim", "model"]).loc[("known_heads", "other-1.5b")]
+    assert other["verdict"] == NOT_TESTABLE and other["evidence"] == "no chapter 10 table"
