@@ -80,11 +80,12 @@ def bench_model(model: str, tmp: Path, device: str, cold: bool) -> dict:
     """`relations` on one model: cold (fresh weight cache) if asked, then warm; timings and kernel."""
     csv = tmp / f"{model}.csv"
     out: dict = {}
-    if cold:
-        cold_env = os.environ | {"MAPSLIB_CACHE": str(tmp / "cache")}
-        out["cold"] = run_process(relations_cmd(model, csv, device), cold_env)
+    env = None  # warm alone: the user's cache, filled by an earlier run
+    if cold:  # a fresh cache, which the cold run fills and the warm run then reads
+        env = os.environ | {"MAPSLIB_CACHE": str(tmp / "cache")}
+        out["cold"] = run_process(relations_cmd(model, csv, device), env)
         print(f"{model} relations, cold cache:", out["cold"], flush=True)
-    out["warm"] = run_process(relations_cmd(model, csv, device))
+    out["warm"] = run_process(relations_cmd(model, csv, device), env)
     print(f"{model} relations, warm cache:", out["warm"], flush=True)
     side = json.loads(csv.with_name(csv.name + ".json").read_text())
     shape, score_s = side["architecture"], side["timings_s"]["score"]

@@ -64,6 +64,20 @@ def _weights_only_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _offload_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="DEVICE=SIZE,...",
+        help="for a model larger than memory (a safetensors folder or hub id): accelerate keeps "
+        "layers within e.g. cpu=8GiB or cuda=20GiB,cpu=60GiB and offloads the rest to "
+        "--offload-folder; slow, every forward pass reads them back",
+    )
+    p.add_argument(
+        "--offload-folder", default=None, metavar="DIR", help="where the offloaded layers go"
+    )
+
+
 def _embedding_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--embedding", default="paper", choices=EMBEDDING_MODES, help="E_in mode (default: paper)"
@@ -150,6 +164,19 @@ def _load(args: argparse.Namespace) -> tuple[Any, float]:
     from mapslib.foundation.models import load_model, load_weights
 
     t0 = time.perf_counter()
+    if getattr(args, "offload_folder", None) and args.max_memory is None:
+        raise BadArgument("--offload-folder needs --max-memory (e.g. cpu=8GiB): what stays loaded")
+    if getattr(args, "max_memory", None) is not None:
+        from mapslib.foundation.offload import parse_max_memory
+
+        lm = load_model(
+            args.model,
+            device=args.device,
+            trust_remote_code=args.trust_remote_code,
+            max_memory=parse_max_memory(args.max_memory),
+            offload_folder=args.offload_folder,
+        )
+        return lm, time.perf_counter() - t0
     load = load_weights if getattr(args, "weights_only", False) else load_model
     lm = load(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
     return lm, time.perf_counter() - t0
@@ -467,6 +494,7 @@ def _describe_with(
 def _behaviour_args(p: argparse.ArgumentParser, default_relations: str) -> None:
     """Arguments shared by `correlate` and `ablate`."""
     _model_args(p)
+    _offload_args(p)
     _relations_arg(p, default_relations)
     p.add_argument(
         "--static",
@@ -605,6 +633,7 @@ def _known_heads_parser(sub: argparse._SubParsersAction) -> None:
         help="IOI: each head's direct effect on logit(IO) - logit(S), beside its name-copying scores",
     )
     _model_args(p)
+    _offload_args(p)
     p.add_argument(
         "--static",
         default=None,

@@ -201,7 +201,7 @@ class TaskRunner:
 
     def __init__(self, hw: HeadWeights, tokenizer: Any, task: Task, batch_rows: int = 256):
         self.hw, self.task, self.batch_rows = hw, task, batch_rows
-        device = hw.embedding_module.weight.device
+        device = hw.device
         ids = tokenizer(task.prompts)["input_ids"]  # the tokenizer's default special tokens
         by_length: dict[int, list[int]] = defaultdict(list)
         for i, seq in enumerate(ids):

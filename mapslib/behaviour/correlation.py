@@ -144,11 +144,11 @@ def last_position_states(
     token prefix runs once with a KV cache, then only the rest, `batch_rows` rows per forward.
     """
     ids = tokenizer(list(prompts))["input_ids"]  # the tokenizer's default special tokens
-    device = hw.embedding_module.weight.device
+    device = hw.device
     members: dict[tuple, list[int]] = defaultdict(list)
     for i, (key, seq) in enumerate(zip(groups, ids, strict=True)):
         members[(key, len(seq))].append(i)
-    dtype = hw.embedding_module.weight.dtype
+    dtype = hw.dtype
     x = torch.empty(hw.n_layers, len(ids), hw.d_model, device=device, dtype=dtype)
     z = torch.empty(hw.n_layers, len(ids), hw.n_heads, hw.d_head, device=device, dtype=dtype)
     with torch.inference_mode():
@@ -189,7 +189,7 @@ def dynamic_scores(
     `rows` has columns relation, template, prompt, target, k (see `correlation_rows`). Returns one row
     per layer, head, relation, template, setting and mode: DYNAMIC_COLUMNS.
     """
-    device = hw.embedding_module.weight.device
+    device = hw.device
     prompts = list(dict.fromkeys(zip(rows["template"], rows["prompt"], strict=True)))
     where = {p: i for i, p in enumerate(prompts)}
     x, z = last_position_states(

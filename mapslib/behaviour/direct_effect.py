@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from mapslib.behaviour.ioi import Located
 from mapslib.errors import BadArgument
-from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.adapters import HeadWeights, TensorSource
 from mapslib.foundation.hooks import capture_last
 
 
@@ -60,28 +60,32 @@ class Norm:
         return out + self.bias.double() if self.bias is not None else out
 
 
-def norm_of(module: nn.Module, unit_offset: bool) -> Norm:
-    """Read a norm module: nn.LayerNorm (centred, with bias) or an RMSNorm (w, or 1 + w)."""
+def norm_of(module: nn.Module, unit_offset: bool, tensors: TensorSource, path: str) -> Norm:
+    """Read a norm module: nn.LayerNorm (centred, with bias) or an RMSNorm (w, or 1 + w); its weight
+    and bias from `tensors` at `path` (the model's own, or the checkpoint's when it is offloaded)."""
+    weight, bias = tensors.get(f"{path}.weight"), tensors.get(f"{path}.bias")
     if isinstance(module, nn.LayerNorm):
-        bias = module.bias.detach() if module.bias is not None else None
-        return Norm(True, float(module.eps), module.weight.detach(), bias)
+        return Norm(True, float(module.eps), weight, bias)
     eps = getattr(module, "variance_epsilon", None)
     eps = getattr(module, "eps", None) if eps is None else eps
-    if eps is None or not hasattr(module, "weight"):
+    if eps is None or weight is None:
         raise BadArgument(f"cannot read the norm {type(module).__name__}: no weight or eps")
-    w = module.weight.detach()
-    return Norm(False, float(eps), 1.0 + w if unit_offset else w, None)
+    return Norm(False, float(eps), 1.0 + weight if unit_offset else weight, None)
 
 
 def final_norm(hw: HeadWeights) -> Norm:
     """The final norm of the model's family."""
-    return norm_of(hw.final_norm_module(), hw.family.norm_unit_offset)
+    path = hw.family.final_norm
+    return norm_of(hw.final_norm_module(), hw.family.norm_unit_offset, hw.source, path)
 
 
 def attention_out_norm(hw: HeadWeights, layer: int) -> Norm | None:
     """The attention-output norm of `layer` as a Norm, or None."""
     module = hw.attention_out_norm_module(layer)
-    return None if module is None else norm_of(module, hw.family.norm_unit_offset)
+    if module is None:
+        return None
+    path = f"{hw.block_path(layer)}.{hw.family.attn_out_norm}"
+    return norm_of(module, hw.family.norm_unit_offset, hw.source, path)
 
 
 def final_softcap(hw: HeadWeights) -> float | None:
@@ -171,7 +175,7 @@ def ioi_states(
     layer: z, attention to IO and S, the norm inputs and logit(IO) - logit(S) at the last position."""
     if not located:
         raise BadArgument("no IOI prompt left to run")
-    device = hw.embedding_module.weight.device
+    device = hw.device
     L, H, P = hw.n_layers, hw.n_heads, len(located)
     by_len: dict[int, list[int]] = defaultdict(list)
     for i, x in enumerate(located):
@@ -181,7 +185,7 @@ def ioi_states(
         for rows in by_len.values()
         for r in range(0, len(rows), batch_rows)
     ]
-    dtype = hw.embedding_module.weight.dtype
+    dtype = hw.dtype
     z = torch.empty(L, P, H, hw.d_head, dtype=dtype)
     attn_io, attn_s = torch.empty(L, P, H, dtype=dtype), torch.empty(L, P, H, dtype=dtype)
     final_in, logit_diff = torch.empty(P, hw.d_model, dtype=dtype), torch.empty(P, dtype=dtype)

@@ -168,6 +168,7 @@ class ModuleSource(TensorSource):
     """A loaded transformers model: tensors are its parameters (views, no copy)."""
 
     def __init__(self, model: nn.Module):
+        _refuse_offloaded(model)
         self._model = model
         self.config = model.config
 
@@ -201,6 +202,20 @@ class ModuleSource(TensorSource):
         module, _, name = path.rpartition(".")
         value = getattr(_get(self._model, module), name, None)
         return None if value is None else float(value)
+
+
+def _refuse_offloaded(model: nn.Module) -> None:
+    """Name the problem when weights are on the meta device (accelerate's offloading), whose views
+    would otherwise fail deep inside torch or give no numbers at all."""
+    meta = [name for name, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise BadArgument(
+            f"{len(meta)} weights of this model are on the meta device (e.g. {meta[0]!r}): it was "
+            "loaded with offloading (device_map with CPU or disk offload), and MAPS reads the "
+            "weights themselves. Load it with mapslib's load_model(..., max_memory=...,"
+            " offload_folder=...) (CLI: --max-memory, --offload-folder), which reads them from the "
+            "checkpoint, or map it with --weights-only (the static analyses)."
+        )
 
 
 class HeadWeights:

@@ -110,7 +110,7 @@ def ablate_last(hw: HeadWeights, keep: dict[int, Tensor]) -> Iterator[None]:
 
 def removal_tensor(hw: HeadWeights, removed: list[list[Head]]) -> Tensor:
     """(sets, layers, heads) tensor, 1.0 where set i removes the head: a set of head sets at once."""
-    device = hw.embedding_module.weight.device
+    device = hw.device
     out = torch.zeros(len(removed), hw.n_layers, hw.n_heads, device=device)
     for i, heads in enumerate(removed):
         for layer, head in heads:

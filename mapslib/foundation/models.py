@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from mapslib.errors import BadArgument, UnknownModel, UnsupportedArchitecture
-from mapslib.foundation.adapters import FAMILIES, HeadWeights
+from mapslib.foundation.adapters import FAMILIES, HeadWeights, TensorSource
 from mapslib.foundation.io import sha256_file
 from mapslib.foundation.packaged import ALIASES, DEFAULT_MODEL
 
@@ -47,11 +47,13 @@ class LoadedModel:
     revision: str  # file SHA-256, folder fingerprint, or hub commit
     quantization: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
+    weights: TensorSource | None = None  # where MAPS reads tensors when not the model (offloaded)
 
     @cached_property
     def hw(self) -> HeadWeights:
-        """The model's weights in MAPS's layout (views, no copy)."""
-        return HeadWeights(self.model)
+        """The model's weights in MAPS's layout (views, no copy; read from the checkpoint when the
+        model is offloaded)."""
+        return HeadWeights(self.weights or self.model)
 
     @property
     def name(self) -> str:
@@ -141,9 +143,22 @@ def load_model(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
     use_cache: bool = True,
+    max_memory: dict[int | str, str] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer in float32, in eval mode, on `device`."""
+    """Load a causal LM and its tokenizer in float32, in eval mode, on `device`; with `max_memory`,
+    placed by accelerate within it and the rest offloaded to `offload_folder` (foundation.offload)."""
     source, location = _resolve(spec)
+    if max_memory is not None:
+        return _load_offloaded(
+            spec,
+            source,
+            location,
+            max_memory,
+            offload_folder,
+            trust_remote_code,
+            attn_implementation,
+        )
     if source in ("alias", "gguf"):
         known = ALIASES[spec].sha256 if source == "alias" else None
         loaded = _load_gguf(spec, source, Path(location), attn_implementation, use_cache, known)
@@ -366,10 +381,66 @@ def _write_folder(folder: Path, write: Any) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_pretrained(
-    spec: str, source: str, location: str, trust_remote_code: bool, attn_implementation: str | None
+def _load_offloaded(
+    spec: str,
+    source: str,
+    location: str,
+    max_memory: dict[int | str, str],
+    offload_folder: str | Path | None,
+    trust_remote_code: bool,
+    attn_implementation: str | None,
 ) -> LoadedModel:
-    """Load a transformers model from a folder or the hub, checking the architecture first."""
+    """A safetensors model placed by accelerate within `max_memory`, the rest on disk; MAPS reads its
+    tensors from the checkpoint when some of them were offloaded (meta tensors in the model)."""
+    from mapslib.foundation.checkpoint import CheckpointSource
+    from mapslib.foundation.offload import OffloadedSource, offload_model, placement
+
+    if source not in ("local", "hub"):
+        raise BadArgument(
+            f"offloading (--max-memory) loads a safetensors checkpoint (a folder or hub id), not "
+            f"{spec!r}: a GGUF file is dequantised whole before accelerate could place it. Point "
+            "--model at a safetensors copy (after one whole load, mapslib keeps one under "
+            f"{cache_root() / 'models'}), or load it whole."
+        )
+    if offload_folder is None:
+        raise BadArgument(
+            "--max-memory needs --offload-folder DIR: where accelerate writes the layers that do "
+            "not fit"
+        )
+    folder = location if source == "local" else _hub_snapshot(spec, location)
+    loaded = _load_pretrained(
+        spec,
+        "local",  # the hub's snapshot folder, found above
+        folder,
+        trust_remote_code,
+        attn_implementation,
+        load=offload_model,
+        max_memory=max_memory,
+        offload_folder=offload_folder,
+    )
+    loaded.source, model = source, loaded.model
+    check_supported(model)
+    model.eval().requires_grad_(False)
+    if any(p.is_meta for p in model.parameters()):
+        device = torch.device("cuda", 0) if 0 in max_memory else torch.device("cpu")
+        tensors = CheckpointSource.open(folder, config=model.config, device=device)
+        loaded.weights = OffloadedSource(model, tensors)
+    limits = {("cuda" if k == 0 else str(k)): v for k, v in max_memory.items()}
+    loaded.extra["offload"] = {"max_memory": limits, "placement": placement(model)}
+    return loaded
+
+
+def _load_pretrained(
+    spec: str,
+    source: str,
+    location: str,
+    trust_remote_code: bool,
+    attn_implementation: str | None,
+    load: Any = None,
+    **load_kwargs: Any,
+) -> LoadedModel:
+    """Load a transformers model from a folder or the hub, checking the architecture first
+    (`load(location, **load_kwargs)` builds it when given: offloading)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if source == "hub" and not _hub_reachable() and not _in_hub_cache(location):
@@ -392,7 +463,7 @@ def _load_pretrained(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    model = (load or AutoModelForCausalLM.from_pretrained)(location, **kwargs, **load_kwargs)
     revision = getattr(config, "_commit_hash", None) or (
         _folder_fingerprint(Path(location)) if source == "local" else "unknown"
     )

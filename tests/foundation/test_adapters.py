@@ -14,7 +14,7 @@ from tiny_models import PARALLEL, build, tiny_config, token_ids, unsupported_mod
 from torch.testing import assert_close
 from transformers.models.llama.modeling_llama import repeat_kv
 
-from mapslib.errors import UnsupportedArchitecture
+from mapslib.errors import BadArgument, UnsupportedArchitecture
 from mapslib.foundation.adapters import FAMILIES, HeadWeights
 from mapslib.foundation.models import check_supported
 
@@ -248,3 +248,15 @@ def test_unsupported_architecture_is_refused():
         assert "'opt'" in message
         for model_type in FAMILIES:
             assert model_type in message
+
+
+# -- 6. offloaded models -----------------------------------------------------------------------------
+def test_offloaded_model_is_refused_with_the_fix():
+    """accelerate's offloading leaves meta tensors where the weights were: a clear refusal, not a
+    torch error from a meta view (the offloaded model itself still runs forward)."""
+    from accelerate import cpu_offload
+
+    model = cpu_offload(build(tiny_config("llama"), torch.float32), execution_device="cpu")
+    assert model(token_ids(1, 5)).logits.isfinite().all()
+    with pytest.raises(BadArgument, match="offloading.*--weights-only"):
+        HeadWeights(model)
