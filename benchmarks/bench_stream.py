@@ -21,7 +21,7 @@ leave (2.7% on SmolLM2).
 
 Projection: memory and CPU time of the relation map of every head of Llama-3.1 8B and 70B and the
 paper's other models, from the synthetic run's measured read rate, MLP rate, kernel rate and memory
-overhead. Results: benchmarks/results/stream.json (model mode), stream_synthetic.json.
+overhead. Results: benchmarks/results/stream_MODEL.json (model mode), stream_synthetic.json.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def model_mode(args: argparse.Namespace) -> None:
             report[variant] = result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out = Path(args.out or RESULTS / "stream.json")
+    out = Path(args.out or RESULTS / f"stream_{Path(args.model).name}.json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")

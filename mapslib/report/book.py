@@ -244,9 +244,26 @@ def write_model_index(model: str, book: Path = BOOK) -> Path:
         "that made it.\n\n"
         f"{pending}"
         "Regenerate this part with:\n\n"
-        f"```bash\npython -m mapslib book --model {model}\n```\n"
+        f"```bash\n{regenerate_command(model, book / 'models' / slug)}\n```\n"
     )
     return write_text(book / "models" / slug / "index.md", text)
+
+
+def regenerate_command(model: str, folder: Path) -> str:
+    """The `book` command that remakes a part, with the extra parameters its executed chapters
+    record (papermill's metadata), so that the committed numbers come back."""
+    import shlex
+
+    extra: dict[str, Any] = {}
+    for nb in sorted(folder.glob("*.ipynb")):
+        params = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {})
+        extra |= {
+            k: v
+            for k, v in params.get("parameters", {}).items()
+            if k not in ("model", "out_dir", "device")  # --model, the layout, --device
+        }
+    flags = "".join(f" -p {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in sorted(extra.items()))
+    return f"python -m mapslib book --model {model}{flags}"
 
 
 def reading_text(folder: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jupytext
@@ -213,3 +214,20 @@ def test_model_index_states_the_reading_chapter_4_supports(tmp_path: Path) -> No
     text = book.reading_text(book.BOOK / "models" / "gemma3-270m")
     assert "mlp0-residual tracks behaviour best" in text and "paper" in text
     assert book.reading_text(tmp_path) == ""
+
+
+def test_regenerate_command_carries_the_chapters_extra_parameters(tmp_path: Path) -> None:
+    """The index's command brings back what the chapters ran with: extra papermill parameters, not
+    model, out_dir or device (flags of their own)."""
+
+    def executed(name: str, parameters: dict) -> None:
+        meta = {"metadata": {"papermill": {"parameters": parameters}}}
+        (tmp_path / f"{name}.ipynb").write_text(json.dumps(meta))
+
+    executed("02_relation_map", {"model": "m", "out_dir": "data", "device": "cpu"})
+    assert book.regenerate_command("m", tmp_path) == "python -m mapslib book --model m"
+    executed("05_causal_ablation", {"model": "m", "random_draws": 100, "max_prompts": 50})
+    executed("06_multi_token", {"model": "m", "label": "a b"})
+    assert book.regenerate_command("m", tmp_path) == (
+        "python -m mapslib book --model m -p 'label=\"a b\"' -p max_prompts=50 -p random_draws=100"
+    )
