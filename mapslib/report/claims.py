@@ -107,6 +107,8 @@ class _Checker:
     def grouped(self, p: ModelPart) -> tuple[str, ...]:
         if p.n_kv_heads is None or p.n_kv_heads in (1, p.n_heads):
             return NOT_TESTABLE, f"{p.attention} attention", False
+        if (n := len(self.heads(p))) < MIN_CLASSIFIED:
+            return NOT_TESTABLE, f"{n} classified heads"
         t = group_sharing_test(
             p.scores(self.readings[p.name]), p.n_heads, p.n_kv_heads, self.tau, **self.kw
         )

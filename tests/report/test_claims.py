@@ -48,6 +48,7 @@ def test_claims_on_synthetic_parts(behaviour_book: Path) -> None:
     assert v[("control", "tiny-135m")] == SUPPORTED  # 1.0 > 0.1
     assert v[("depth", "tiny-135m")] == NOT_TESTABLE  # 3 classified heads < MIN_CLASSIFIED
     assert v[("grouped", "other-1.5b")] == NOT_TESTABLE  # multi-head attention
+    assert v[("grouped", "tiny-135m")] == NOT_TESTABLE  # 2 kv groups, but 3 classified heads
     # max vs GPT-2 xl: name copying 0.8 vs 0.92 similar, capital 0.5 vs 0.98 not, suppression 0 vs 0.97
     assert v[("max_scores", "tiny-135m")] == NOT_SUPPORTED
     # across the book: name copying promote (0.8, 0.9) is similar, capital promote (0.5, 0)
