@@ -10,9 +10,10 @@ such rows, always in column blocks so memory stays bounded:
   columns: a row with `cap` or more entries on both sides within the sample is decided, exactly, without
   its other columns. On a large vocabulary the rows it leaves undecided are counted again over a denser
   sample (8 times the columns; it contains the first), and only the rows still undecided get a full
-  pass. The answer is exact; the samples only change the speed. An entry within floating-point error of the target (a few eps times
-  ||row of E_in W_VO|| * ||U columns||) is a tie and counts on neither side: the most favourable
-  tie-break, and one that does not depend on which product computed which entry.
+  pass. The answer is exact; the samples only change the speed. An entry within floating-point error
+  of the target (a few eps times ||row of E_in W_VO|| * ||U columns||) is a tie and counts on neither
+  side: the most favourable tie-break, and one that does not depend on which product computed which
+  entry.
 * `topk_rows`: the top-k entries (values and columns) of each row, for salient mappings.
 
 The full-row pass picks the cheaper association per head: `(a @ w_o) @ U` costs m*d*V, while
@@ -289,7 +290,7 @@ def count_outside_many(
     for key, a, w_o, targets in problems:
         b, v, tol, item = _sample_pass(a, w_o, unembed, targets, cap, blocks, stats)
         item.key, todo, (r, d), m = key, item.todo, w_o.shape, item.todo.numel()
-        if m and r * d + m * r < m * d:  # factored is cheaper: this head streams U on its own
+        if m and _cost(m, r, d) < m * d:  # factored is cheaper: this head streams U on its own
             item.above[todo], item.below[todo] = _settle(
                 a[todo],
                 b[todo],
