@@ -10,7 +10,8 @@ Measures, in one run on one machine:
 * the same, cold and warm, with the kernel's work, for every real model (`--models`).
 
 Usage: python benchmarks/bench_relations.py [--models M ...] [--no-cold] [--skip-naive] [--device cpu]
-Updates benchmarks/results/relations.json (entries of models not run are kept). Run it on a quiet
+    [--out FILE]
+Updates benchmarks/results/relations.json, or FILE (entries of models not run are kept). Run it on a quiet
 machine: on 2 cores any other process slows the kernels several-fold.
 """
 
@@ -125,17 +126,19 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=MODELS, help=f"default: {' '.join(MODELS)}")
     p.add_argument("--no-cold", action="store_true", help="warm runs only")
     p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
+    results = args.out
     tmp = Path(tempfile.mkdtemp(prefix="mapsbench-"))
-    report: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    report: dict = json.loads(results.read_text()) if results.exists() else {}
     machine = {
+        "device": args.device,
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "matmul_gflops": matmul_rate(args.device),
     }
     print("matmul rate (GFLOP/s):", machine["matmul_gflops"], flush=True)
-    report["device"] = args.device
     report.setdefault("models", {})
     for model in args.models:
         # each entry keeps the machine it ran on: hosts differ (the skinny GEMM rate varied 3x)
@@ -146,9 +149,9 @@ def main() -> None:
             warm = report["models"][model]["warm"]["wall_s"]
             report["smollm2_naive"] = naive | {"speedup_warm": round(naive["wall_s"] / warm, 1)}
             print("naive:", report["smollm2_naive"], flush=True)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    results.parent.mkdir(exist_ok=True)
+    results.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {results}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_stream.py [--model smollm2-135m] [--layers 0,15,29] [--variants bf16 loaded gguf]
     python benchmarks/bench_stream.py --synthetic llama-3.1-8b [--layers 0,1,2] [--dir /tmp] [--keep]
+        [--synthetic-layers N] [--device cuda]
     python benchmarks/bench_stream.py --project   # projections from the last synthetic run
 
 Model mode: the model is loaded (load_model) and its weights written as a sharded safetensors
@@ -17,7 +18,8 @@ shards; Llama-3.1-8B: 16 GB on disk) is written once, and the relation map of a 
 weights-only in a child process, on synthetic relations over token ids (no tokenizer): peak memory,
 time reading tensors, computing E_in, scoring per head, and the kernel's work. Random weights leave
 almost no row to the full pass, so the projection adds that pass for the share of rows real models
-leave (2.7% on SmolLM2).
+leave (2.7% on SmolLM2). `--synthetic-layers N` writes only the first N layers (same shapes per layer:
+what one layer costs does not change; a quicker write where disk or time is short, e.g. on a lent GPU).
 
 Projection: memory and CPU time of the relation map of every head of Llama-3.1 8B and 70B and the
 paper's other models, from the synthetic run's measured read rate, MLP rate, kernel rate and memory
@@ -207,15 +209,15 @@ def model_mode(args: argparse.Namespace) -> None:
 # --- synthetic mode --------------------------------------------------------------------------------
 
 
-def synthetic_config(name: str):
+def synthetic_config(name: str, n_layers: int | None = None):
     from transformers import LlamaConfig
 
-    n_layers, n_heads, n_kv, d, dh, d_ff, vocab, *_ = SHAPES[SYNTHETIC[name]]
+    all_layers, n_heads, n_kv, d, dh, d_ff, vocab, *_ = SHAPES[SYNTHETIC[name]]
     return LlamaConfig(
         vocab_size=vocab,
         hidden_size=d,
         intermediate_size=d_ff,
-        num_hidden_layers=n_layers,
+        num_hidden_layers=n_layers or all_layers,
         num_attention_heads=n_heads,
         num_key_value_heads=n_kv,
         head_dim=dh,
@@ -247,13 +249,13 @@ def synthetic_tensors(config, seed: int = 0):
         yield name, t
 
 
-def write_synthetic(name: str, folder: str) -> None:
-    """(A child process.) The whole synthetic checkpoint, in 2 GB bf16 shards."""
+def write_synthetic(name: str, folder: str, n_layers: int | None) -> None:
+    """(A child process.) The whole synthetic checkpoint (or its first n_layers), in 2 GB bf16 shards."""
     import torch
 
     from mapslib.foundation.checkpoint import write_checkpoint
 
-    config = synthetic_config(name)
+    config = synthetic_config(name, n_layers)
     write_checkpoint(folder, synthetic_tensors(config), config, dtype=torch.bfloat16)
 
 
@@ -277,6 +279,8 @@ def synthetic_relations(vocab: int, seed: int = 0):
 def child_synthetic(folder: str, layers: list[int], device: str, out: str) -> None:
     """In its own process: the relation map of `layers` on the checkpoint, weights only, timed."""
     from dataclasses import asdict
+
+    import torch
 
     from mapslib.foundation.adapters import HeadWeights
     from mapslib.foundation.checkpoint import CheckpointSource, SafetensorsStore
@@ -315,6 +319,8 @@ def child_synthetic(folder: str, layers: list[int], device: str, out: str) -> No
         def run(x):
             t = time.perf_counter()
             y = fn(x)
+            if y.is_cuda:  # count the work, not its launch
+                torch.cuda.synchronize(y.device)
             mlp["seconds"] += time.perf_counter() - t
             mlp["rows"] += x.shape[0]
             return y
@@ -346,16 +352,22 @@ def child_synthetic(folder: str, layers: list[int], device: str, out: str) -> No
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "unembedding_dtype": str(hw.unembedding(stored=True).dtype),
     }
+    if hw.device.type == "cuda":
+        report["cuda_peak_gib"] = torch.cuda.max_memory_allocated(hw.device) / GIB
     Path(out).write_text(json.dumps(report, indent=2))
 
 
 def synthetic_mode(args: argparse.Namespace) -> None:
-    folder = Path(args.dir or tempfile.gettempdir()) / f"mapslib-synthetic-{args.synthetic}"
+    part = f"-{args.synthetic_layers}layers" if args.synthetic_layers else ""
+    folder = Path(args.dir or tempfile.gettempdir()) / f"mapslib-synthetic-{args.synthetic}{part}"
     report: dict = {"machine": machine(), "model": args.synthetic, "device": args.device}
+    report["layers_in_checkpoint"] = args.synthetic_layers or SHAPES[SYNTHETIC[args.synthetic]][0]
     if not (folder / "model.safetensors.index.json").is_file():
         print(f"writing {folder} (every tensor, random bf16) ...", flush=True)
         t = time.perf_counter()
         cmd = [sys.executable, __file__, "--write-synthetic", args.synthetic, "--dir", str(folder)]
+        if args.synthetic_layers:
+            cmd += ["--synthetic-layers", str(args.synthetic_layers)]
         subprocess.run(cmd, check=True)
         report["write_s"] = round(time.perf_counter() - t, 1)
     report["checkpoint"] = checkpoint_budget(folder)
@@ -453,6 +465,9 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--variants", nargs="+", default=["bf16", "loaded", "gguf"])
     p.add_argument("--synthetic", choices=list(SYNTHETIC), default=None)
+    p.add_argument(
+        "--synthetic-layers", type=int, default=None, help="write only the first N layers"
+    )
     p.add_argument("--project", action="store_true", help="print projections of the last run")
     p.add_argument("--layers", default=None, help="comma-separated layers (default: a few)")
     p.add_argument("--device", default="cpu")
@@ -466,7 +481,7 @@ def main() -> None:
     if args.write_model:
         write_model_folders(args.write_model, args.dir, args.variants)
     elif args.write_synthetic:
-        write_synthetic(args.write_synthetic, args.dir)
+        write_synthetic(args.write_synthetic, args.dir, args.synthetic_layers)
     elif args.child:
         layers = [int(x) for x in args.layers.split(",")]
         child_synthetic(args.child, layers, args.device, args.out)

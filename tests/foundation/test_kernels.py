@@ -212,3 +212,46 @@ def test_rows_left_by_the_first_sample_are_settled_by_the_denser_one(max_rows: i
     # dense stage; there (1 in 8: ~25 above) every rank-200 row is settled
     assert stats.dense_rows == 40
     assert stats.full_rows == 8  # only the top-1 rows of the two heads
+
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("u_dtype", [torch.float32, torch.bfloat16])
+def test_float32_counts_are_exact_outside_the_tie_band(device: str, u_dtype: torch.dtype) -> None:
+    """In float32 (on the CPU or a GPU's own kernels, U in float32 or kept in bf16), every count lies
+    between the exact float64 counts of entries clearly above the target (more than twice the kernel's
+    tie tolerance) and of all entries above it; rows with no entry in that band get the exact count.
+
+    Why a band and not equality: the kernel calls entries within `tol` of the target ties (its
+    contract, kernels.py); float32 rounding (< tol/2 by that tolerance's derivation) can move an entry
+    whose exact distance is near `tol` to either side of it, on any device."""
+    g = torch.Generator().manual_seed(21)
+    n, r, d, v, cap = 64, 8, 96, 6000, 25
+    a, w_o = torch.randn(n, r, generator=g), torch.randn(r, d, generator=g) / d**0.5
+    U = torch.randn(d, v, generator=g).to(u_dtype).float()  # the values bf16 can hold
+    M = a.double() @ w_o.double() @ U.double()  # the exact entries
+    i = torch.arange(n)
+    rank = torch.where(i % 2 == 0, i % 32, v - 1 - i % 32)  # near the top and near the bottom
+    targets = M.argsort(dim=1, descending=True)[i, rank]
+    targets[:8] = M.argmax(1)[:8]  # top-1 rows: the full pass
+    unembed = Unembedding.prepare(U.to(u_dtype).to(device), 16)
+    got = count_outside(a.to(device), w_o.to(device), unembed, targets.to(device), cap)
+    b = a.double() @ w_o.double()
+    u_t = U.double()[:, targets].T
+    tol = 4 * torch.finfo(torch.float32).eps * b.norm(dim=1) * (u_t.norm(dim=1) + unembed.max_norm)
+    diff = M - M[torch.arange(n), targets][:, None]
+    diff[torch.arange(n), targets] = 0.0
+    for sign, count in ((1, got[0].cpu()), (-1, got[1].cpu())):
+        clear = (sign * diff > 2 * tol[:, None]).sum(1).clamp_max(cap)
+        loose = (sign * diff > 0).sum(1).clamp_max(cap)
+        assert ((clear <= count) & (count <= loose)).all()
+        assert torch.equal(count[clear == loose], clear[clear == loose])
+    assert (got[0][:8] == 0).all()
