@@ -319,17 +319,21 @@ print(question_text(items))
 # descriptions beat chance and the shuffled control. On the default model's heads (SmolLM2, the
 # first part of this book) they did not: the descriptions were mostly one boilerplate sentence
 # ("promoting synonyms or related words") that fits any head, the describer almost never answered
-# "Unclear" (GPT-4o did for a third of GPT-2 xl's and Pythia's heads), and where the offline
-# labeller found a checkable operation (copying heads in layers 22-24) the LLM did not name it.
+# "Unclear" (5 of 62 heads; GPT-4o did for a third of GPT-2 xl's and Pythia's heads), and of the
+# three described heads the offline labeller calls copying heads (layers 22-23), the LLM named the
+# operation for one (23.2: "Copy") and called the other two synonyms or single-token processing.
 # So, on this machine, the local pipeline runs end to end and reproducibly, but the offline
 # labeller and the relation map remain the reliable readings. The same chapter with
 # `llm_model="gpt-4o"` and a key (or a larger local model, `--llm-model FILE.gguf`) scores a
 # stronger describer by the same rule.
 #
 # Coverage: the count of described heads is printed at the top of the LLM section. Describing one
-# head takes about 50 s on 2 CPU cores, one request at a time, so the committed answers cover one
-# head per layer of SmolLM2 (`L.(L mod 9)`) and no head of the other models yet; the command above
-# (or `make describe`) resumes from the cache and asks only for the heads without an answer.
+# head takes about 20 s on a quiet 2-core CPU, one request at a time (a second request in flight
+# does not help: the server answers one at a time, 0.94x in `benchmarks/bench_describe.py`), and
+# judging it two requests more, so the committed answers cover 62 of SmolLM2's 270 heads: two per
+# layer (`L.(L mod 9)` and `L.((L+3) mod 9)`) and the name-copying pair 23.2 and 23.3 of chapter 2;
+# no head of the other models yet. The command above (or `make describe`) resumes from the cache and
+# asks only for the heads without an answer.
 
 # %% [markdown]
 # The shipped models' weights come from 4-bit GGUF files dequantised to float32 (the format is
