@@ -227,8 +227,9 @@ needs_llama_cpp = pytest.mark.skipif(
 
 @needs_llama_cpp
 def test_real_llama_cpp_server_describes_caches_and_replays(tmp_path: Path) -> None:
-    """SmolLM2-135M-Instruct under grammar-constrained JSON: every answer parses and is cached;
-    a rerun with no server answers from the cache alone."""
+    """SmolLM2-135M-Instruct under grammar-constrained JSON: answers that parse are cached, one
+    that runs past max_tokens is retried and then recorded as a failure naming why (seen on head
+    0.0: a 135M model can ramble); a rerun with no server answers from the cache alone."""
     spec = local_spec("smollm2-135m", "llama-cpp", threads=2)
     config = LLMConfig(model=spec.name, max_tokens=200, json_schema=True, timeout=300)
     table = salient_table([(0, 0), (3, 1)])
@@ -240,12 +241,14 @@ def test_real_llama_cpp_server_describes_caches_and_replays(tmp_path: Path) -> N
             health=server.failure,
         )
         first = describe_heads(table, describer=d)
-    assert set(first["status"]) <= {"pattern", "no pattern"} and d.requests == 2
-    assert len(list(tmp_path.rglob("*.json"))) == 2
+    ok = first["status"].isin(["pattern", "no pattern"])
+    assert ok.any() and (first.loc[~ok, "status"] == "failed").all()
+    assert (first.loc[~ok, "error"].str.len() > 0).all() and (first.loc[~ok, "attempts"] > 1).all()
+    assert len(list(tmp_path.rglob("*.json"))) == ok.sum()
     replay = Describer(config, cache=tmp_path, read_also=())
     again = describe_heads(table, describer=replay, cache_only=True)
-    assert again["cached"].all() and replay.requests == 0
-    assert list(again["pattern"]) == list(first["pattern"])
+    assert again.loc[ok, "cached"].all() and replay.requests == 0
+    assert list(again.loc[ok, "pattern"]) == list(first.loc[ok, "pattern"])
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux only")
