@@ -247,8 +247,8 @@ def test_float32_counts_are_exact_outside_the_tie_band(device: str, u_dtype: tor
     b = a.double() @ w_o.double()
     u_t = U.double()[:, targets].T
     tol = 4 * torch.finfo(torch.float32).eps * b.norm(dim=1) * (u_t.norm(dim=1) + unembed.max_norm)
-    diff = M - M[torch.arange(n), targets][:, None]
-    diff[torch.arange(n), targets] = 0.0
+    diff = M - M[i, targets][:, None]
+    diff[i, targets] = 0.0
     for sign, count in ((1, got[0].cpu()), (-1, got[1].cpu())):
         clear = (sign * diff > 2 * tol[:, None]).sum(1).clamp_max(cap)
         loose = (sign * diff > 0).sum(1).clamp_max(cap)
