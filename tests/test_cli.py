@@ -221,11 +221,9 @@ def test_bad_llm_arguments_fail_before_loading(
     assert "--llm-concurrency must be at least 1" in err
 
 
-@pytest.mark.slow
-def test_describe_against_a_local_server(
-    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`salient --describe` end to end, the LLM being a local chat-completions server."""
+@pytest.fixture
+def fake_openai(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A scripted chat-completions server as OPENAI_BASE_URL, and a cache reusing the model."""
     from fake_llm import KEY, FakeServer
 
     from mapslib.foundation.models import cache_root
@@ -238,29 +236,53 @@ def test_describe_against_a_local_server(
     server = FakeServer()
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", server.url)
-    try:
-        out = tmp_path / "s.json"
-        rc = main(
-            [
-                "salient",
-                "--heads",
-                "23.2,23.3",
-                "--describe",
-                "--llm-model",
-                "local",
-                "--out",
-                str(out),
-            ]
-        )
-    finally:
-        server.close()
+    yield server
+    server.close()
+
+
+@pytest.mark.slow
+def test_describe_against_a_local_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture, fake_openai
+) -> None:
+    """`salient --describe` end to end, the LLM being a local chat-completions server."""
+    from fake_llm import KEY
+
+    out = tmp_path / "s.json"
+    args = ["salient", "--heads", "23.2,23.3", "--describe", "--llm-model", "local"]
+    rc = main([*args, "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 0, err
     desc = pd.read_csv(tmp_path / "s.descriptions.csv", dtype={"name": str})
     assert list(desc["name"]) == ["23.2", "23.3"] and set(desc["status"]) == {"pattern"}
-    assert len(server.requests) == 2 and server.requests[0]["model"] == "local"
-    assert "␣" in server.requests[0]["messages"][1]["content"]  # mappings sent with visible spaces
+    requests = fake_openai.requests
+    assert len(requests) == 2 and requests[0]["model"] == "local"
+    assert "␣" in requests[0]["messages"][1]["content"]  # mappings sent with visible spaces
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert KEY not in path.read_text(errors="ignore"), path
     assert KEY not in err
+
+
+@pytest.mark.slow
+def test_describe_and_judge_against_a_local_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture, fake_openai
+) -> None:
+    """`--judge` asks each head's questions twice (own and another head's description) and logs
+    the LLM judge beside the word-overlap judges."""
+    import json
+
+    from fake_llm import GOOD
+
+    other = GOOD.replace("Copies the token", "Repeats the word")  # else both controls hit the cache
+    fake_openai.script = [{"content": GOOD}, {"content": other}] + [
+        {"content": json.dumps({"answers": ["A"] * 5})}
+    ] * 4
+    args = ["salient", "--heads", "23.2,23.3", "--describe", "--judge", "--llm-model", "local"]
+    rc = main([*args, "--out", str(tmp_path / "s.json")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    judged = pd.read_csv(tmp_path / "s.judgements.csv", dtype={"name": str})
+    assert len(fake_openai.requests) == 6 and len(judged) == 20  # 2 heads x 5 questions x 2
+    assert judged["picked"].eq(0).all() and judged["control"].sum() == 10
+    assert "judge accuracy" in caplog.text
+    assert "word-overlap judges (no LLM): seen mappings" in caplog.text

@@ -14,6 +14,7 @@ judged with another head's description (a shuffled-description control, a seeded
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
+from tqdm import tqdm
 
 from mapslib.foundation.adapters import HeadWeights
 from mapslib.foundation.cache import Computed, cached_table
@@ -238,13 +240,16 @@ def parse_judgement(text: str | None, n: int, m: int) -> list[int] | None:
 
 
 def shuffled_sources(names: list[str], seed: int) -> dict[str, str]:
-    """A seeded derangement: each head gets another head's description (the control)."""
+    """A seeded derangement: each head gets another head's description (the control).
+
+    Heads sit on a ring ordered by a seeded hash of their name and each takes the next head's
+    description, so describing more heads later changes only the new heads' neighbours' controls
+    (a permutation of the whole list would re-ask every cached control).
+    """
     if len(names) < 2:
         return {}
-    rng = np.random.default_rng([seed, 7])
-    order = rng.permutation(len(names))
-    shift = {names[order[i]]: names[order[(i + 1) % len(names)]] for i in range(len(names))}
-    return shift
+    ring = sorted(names, key=lambda n: hashlib.sha256(f"{seed}:{n}".encode()).hexdigest())
+    return dict(zip(ring, ring[1:] + ring[:1], strict=True))
 
 
 def judge_heads(
@@ -255,6 +260,7 @@ def judge_heads(
     control: bool = False,
     seed: int = 0,
     cache_only: bool | None = None,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """One row per question: the option the judge picked and whether it is the real one.
 
@@ -266,10 +272,14 @@ def judge_heads(
     names = list(desc.index)
     source_of = shuffled_sources(names, seed) if control else {n: n for n in names}
     rows = []
-    for (layer, head), grp in items.groupby(["layer", "head"], sort=True):
+    groups = [
+        (k, g)
+        for k, g in items.groupby(["layer", "head"], sort=True)
+        if f"{k[0]}.{k[1]}" in source_of
+    ]
+    bar = "judging (control)" if control else "judging"
+    for (layer, head), grp in tqdm(groups, desc=bar, unit="head", disable=not progress):
         name = f"{layer}.{head}"
-        if name not in source_of:
-            continue
         text = description_text(desc.loc[source_of[name]])
         messages = judge_messages(text, grp)
         n, m = len(grp), len(grp["options"].iloc[0])
@@ -415,16 +425,16 @@ def run_judgement(
     *,
     setup: JudgeSetup,
     cache_only: bool | None = None,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """The judge's picks with each head's own description and in the shuffled control (column
     `control`), written to `out` with the setup beside them; answers are cached one by one."""
     params = {"setup": asdict(setup), "llm": asdict(describer.config), "heads": len(descriptions)}
 
     def compute() -> Computed:
-        own = judge_heads(items, descriptions, describer, seed=setup.seed, cache_only=cache_only)
-        ctrl = judge_heads(
-            items, descriptions, describer, control=True, seed=setup.seed, cache_only=cache_only
-        )
+        kw = dict(seed=setup.seed, cache_only=cache_only, progress=progress)
+        own = judge_heads(items, descriptions, describer, **kw)
+        ctrl = judge_heads(items, descriptions, describer, control=True, **kw)
         both = pd.concat([own.assign(control=False), ctrl.assign(control=True)], ignore_index=True)
         return both, {"setup": asdict(setup), "requests": describer.requests}
 

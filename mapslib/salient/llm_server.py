@@ -298,6 +298,8 @@ def local_spec(
             "use --llm-backend llama-cpp for a .gguf file"
         )
     name = f"{path.name.removesuffix('.gguf')}@{backend}"
+    if threads is None and backend == "llama-cpp":
+        threads = os.cpu_count() or 1  # its default, half the cores, answers 1.6x slower on 2 cores
     return ServerSpec(backend, str(path.resolve()), name, port=port, threads=threads)
 
 

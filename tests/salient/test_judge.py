@@ -118,6 +118,14 @@ def test_shuffled_descriptions_are_a_derangement() -> None:
     assert shift == shuffled_sources(names, seed=0) != shuffled_sources(names, seed=1)
 
 
+def test_describing_one_more_head_changes_one_control() -> None:
+    """A cached control stays valid when the set of described heads grows by one."""
+    names = [f"{i}.0" for i in range(11)]
+    before, after = shuffled_sources(names, seed=0), shuffled_sources(names + ["11.0"], seed=0)
+    changed = {k for k in before if before[k] != after[k]}
+    assert len(changed) == 1 and after[changed.pop()] == "11.0"
+
+
 def test_judge_against_a_scripted_server(items: pd.DataFrame, tmp_path: Path, monkeypatch) -> None:
     """The picks are scored against the real option; a cached judgement is not asked again."""
     srv = FakeServer()
