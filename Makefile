@@ -6,8 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 MODEL ?= smollm2-135m
 DEVICE ?= auto
+# the llama-cpp-python release (setup-llm), and the llama.cpp it vendors (setup-llm-server)
+LLAMA_CPP_PYTHON := 0.3.36
 
-.PHONY: setup setup-llm describe book test lint unit nbval bench clean
+.PHONY: setup setup-llm setup-llm-server describe book test lint unit nbval bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +28,23 @@ setup: $(VENV)/.installed
 # The local LLM server that describes heads (chapter 7). Optional: it compiles llama.cpp (6-10 min),
 # which `make book` and `make test` do not need (they replay the committed answers).
 setup-llm: setup
-	$(BIN)/pip install -q "llama-cpp-python[server]==0.3.36"
+	$(BIN)/pip install -q "llama-cpp-python[server]==$(LLAMA_CPP_PYTHON)"
+
+# llama.cpp's own server (`--llm-backend llama-server`), built from the llama.cpp that the same
+# llama-cpp-python release vendors, statically, into the venv (about 5 min; needs cmake and a C++
+# compiler). Same kernels, no Python in the token loop: 1.13x faster per head on 2 cores.
+setup-llm-server: $(BIN)/llama-server
+$(BIN)/llama-server: | setup
+	rm -rf $(VENV)/llama.cpp-src && mkdir -p $(VENV)/llama.cpp-src
+	$(BIN)/pip download -q --no-deps --no-binary :all: -d $(VENV)/llama.cpp-src \
+		"llama-cpp-python==$(LLAMA_CPP_PYTHON)"
+	tar xzf $(VENV)/llama.cpp-src/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(VENV)/llama.cpp-src
+	cmake -S $(VENV)/llama.cpp-src/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp \
+		-B $(VENV)/llama.cpp-src/build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+		-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF > /dev/null
+	cmake --build $(VENV)/llama.cpp-src/build -j $$(nproc) --target llama-server > /dev/null
+	cp $(VENV)/llama.cpp-src/build/bin/llama-server $@
+	rm -rf $(VENV)/llama.cpp-src
 
 # Describe (and score) every head of MODEL with the local LLM; resumable, answers into the package.
 describe: setup-llm

@@ -5,8 +5,9 @@ run, the first `--heads` heads of SmolLM2's salient table described. Run it on a
 
     python benchmarks/bench_describe.py --llm-model smollm2-135m --heads 6 --concurrency 1 2 4
     python benchmarks/bench_describe.py --heads 4 --concurrency 1 2   # the book's 1.5B describer
+    python benchmarks/bench_describe.py --heads 15 --concurrency 1 --backend llama-server
 
-Results go to benchmarks/results/describe_<describer>.json.
+Results go to benchmarks/results/describe_<describer>_<N>heads.json.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from mapslib.foundation.heads import all_heads
 from mapslib.foundation.io import write_json
 from mapslib.foundation.models import load_model
 from mapslib.salient.describe import Describer, Endpoint, describe_heads, llm_config
-from mapslib.salient.llm_server import LocalServer, local_spec
+from mapslib.salient.llm_server import BACKENDS, GGUF_BACKENDS, LocalServer, local_spec
 from mapslib.salient.mappings import salient_mappings
 
 RESULTS = Path(__file__).parent / "results"
@@ -30,7 +31,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def one_run(table, spec, concurrency: int) -> dict[str, float]:
     """Describe every head of `table` with a fresh cache; wall time and the server's token counts."""
-    config = llm_config(spec.name, json_schema=spec.backend == "llama-cpp", local=True)
+    config = llm_config(spec.name, json_schema=spec.backend in GGUF_BACKENDS, local=True)
     with tempfile.TemporaryDirectory() as cache, LocalServer(spec) as server:
         endpoint = Endpoint(server.base_url, model=server.request_model)
         d = Describer(
@@ -58,7 +59,7 @@ def one_run(table, spec, concurrency: int) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--llm-model", default=None, help="describer alias or file (default: the 1.5B)")
-    p.add_argument("--backend", default="llama-cpp", choices=("llama-cpp", "transformers"))
+    p.add_argument("--backend", default="llama-cpp", choices=BACKENDS)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
     p.add_argument("--threads", type=int, default=2)
@@ -73,7 +74,7 @@ def main() -> None:
         print(r)
     name = spec.name.replace("@", "_")
     write_json(
-        RESULTS / f"describe_{name}.json",
+        RESULTS / f"describe_{name}_{args.heads}heads.json",
         {
             "describer": spec.name,
             "machine": platform.processor() or platform.machine(),

@@ -351,14 +351,17 @@ def _llm_args(p: argparse.ArgumentParser) -> None:
         "--llm-model",
         default=None,
         help="openai: the model name (default: $MAPSLIB_LLM_MODEL or gpt-4o); local: a model alias "
-        "or .gguf file (llama-cpp) or model folder (transformers) (default: qwen2.5-coder-1.5b)",
+        "or .gguf file (llama-cpp, llama-server) or model folder (transformers) (default: "
+        "qwen2.5-coder-1.5b)",
     )
     p.add_argument(
         "--llm-backend",
-        choices=("llama-cpp", "transformers"),
+        choices=("llama-cpp", "llama-server", "transformers"),
         default="llama-cpp",
-        help="the local server: llama-cpp-python's (GGUF, quantised kernels) or transformers serve "
-        "(a saved folder, float32, continuous batching) (default: llama-cpp)",
+        help="the local server: llama-cpp-python's (GGUF, quantised kernels; wrote the book's "
+        "answers), llama.cpp's own llama-server (same GGUF, 1.13x faster per head on 2 cores; "
+        "make setup-llm-server) or transformers serve (a saved folder, float32, continuous batching) "
+        "(default: llama-cpp)",
     )
     p.add_argument(
         "--llm-port", type=int, default=None, help="local server port (default: a free one)"
@@ -367,14 +370,16 @@ def _llm_args(p: argparse.ArgumentParser) -> None:
         "--llm-threads",
         type=int,
         default=None,
-        help="local server CPU threads (default: every core for llama-cpp, whose own default of "
+        help="local server CPU threads (default: every core for the llama.cpp servers; "
+        "llama-cpp's own default of "
         "half of them answers 1.6x slower on 2 cores; transformers: its own)",
     )
     p.add_argument(
         "--llm-concurrency",
         type=int,
         default=None,
-        help="requests in flight at once (default: 1 for llama-cpp, which serves one at a time; "
+        help="requests in flight at once (default: 1 for the llama.cpp servers, which gain "
+        "nothing from more on a CPU; "
         "8 otherwise)",
     )
     p.add_argument(
@@ -427,16 +432,19 @@ def cmd_salient(args: argparse.Namespace) -> None:
 
 
 def _concurrency(args: argparse.Namespace) -> int:
-    """Requests in flight: as asked, else 1 for llama-cpp (one at a time) and 8 otherwise."""
+    """Requests in flight: as asked, else 1 for the llama.cpp servers (one at a time) and 8
+    otherwise."""
+    from mapslib.salient.llm_server import GGUF_BACKENDS
+
     if args.llm_concurrency is not None:
         return args.llm_concurrency
-    return 1 if args.llm == "local" and args.llm_backend == "llama-cpp" else 8
+    return 1 if args.llm == "local" and args.llm_backend in GGUF_BACKENDS else 8
 
 
 def _describe(args: argparse.Namespace, salient: Any, out: Path, lm: Any) -> None:
     """Describe (and judge) the heads of `salient`; a local server lives for this call only."""
     from mapslib.salient.describe import Describer, Endpoint, llm_config
-    from mapslib.salient.llm_server import LocalServer, local_spec, server_record
+    from mapslib.salient.llm_server import GGUF_BACKENDS, LocalServer, local_spec, server_record
 
     cache = Path(args.llm_cache) if args.llm_cache else None
     if args.llm == "openai":
@@ -450,7 +458,7 @@ def _describe(args: argparse.Namespace, salient: Any, out: Path, lm: Any) -> Non
         spec.name,
         args.llm_temperature,
         args.llm_seed,
-        json_schema=spec.backend == "llama-cpp",
+        json_schema=spec.backend in GGUF_BACKENDS,
         local=True,
     )
     log(f"starting the {spec.backend} server for {spec.name} ...")

@@ -221,6 +221,17 @@ def test_bad_llm_arguments_fail_before_loading(
     assert "--llm-concurrency must be at least 1" in err
 
 
+def test_an_unbuilt_llama_server_names_the_make_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAPSLIB_LLAMA_SERVER", str(tmp_path / "no-such-binary"))
+    local = ["salient", "--heads", "23.2", "--describe", "--llm", "local"]
+    err = _error(
+        [*local, "--llm-backend", "llama-server", "--out", str(tmp_path / "s.json")], capsys
+    )
+    assert "make setup-llm-server" in err and "Loading" not in err and "Traceback" not in err
+
+
 @pytest.fixture
 def fake_openai(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A scripted chat-completions server as OPENAI_BASE_URL, and a cache reusing the model."""

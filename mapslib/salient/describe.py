@@ -586,7 +586,7 @@ def run_descriptions(
     return desc
 
 
-LOCAL_SUFFIXES = ("@llama-cpp", "@transformers")
+LOCAL_SUFFIXES = ("@llama-cpp", "@llama-server", "@transformers")
 
 
 def is_local_model(model: str) -> bool:

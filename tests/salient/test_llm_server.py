@@ -3,8 +3,9 @@
 `transformers serve` (pure Python, in requirements.txt) serves a tiny random Llama saved to a temp
 folder with SmolLM2's real tokenizer and chat template: the whole describe path runs against a real
 server. Its answers are noise, so they end as recorded failures, which is itself a path to test.
-When llama-cpp-python is installed (`make setup-llm`), the same path runs against its server on the
-real SmolLM2-135M-Instruct GGUF, whose grammar-constrained JSON always parses.
+When llama-cpp-python is installed (`make setup-llm`) or llama.cpp's llama-server is built (`make
+setup-llm-server`), the same path runs against each on the real SmolLM2-135M-Instruct GGUF, whose
+grammar-constrained JSON always parses.
 """
 
 from __future__ import annotations
@@ -87,14 +88,15 @@ def logs_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unknown_backend_and_missing_model_name_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(LLMServerError, match="choose one of llama-cpp, transformers"):
+    with pytest.raises(LLMServerError, match="choose one of llama-cpp, llama-server, transformers"):
         local_spec("smollm2-135m", "vllm")
     with pytest.raises(LLMServerError, match="neither a model alias"):
         local_spec(str(tmp_path / "nothing.gguf"))
     with pytest.raises(LLMServerError, match="serves a saved model folder"):
         local_spec(str(ALIASES["smollm2-135m"].path()), "transformers")
-    with pytest.raises(LLMServerError, match="serves a .gguf file"):
-        local_spec(str(tmp_path), "llama-cpp")
+    for backend in ("llama-cpp", "llama-server"):
+        with pytest.raises(LLMServerError, match=f"the {backend} backend serves a .gguf file"):
+            local_spec(str(tmp_path), backend)
 
 
 def test_request_name_is_the_file_name_and_backend_never_a_path() -> None:
@@ -103,10 +105,46 @@ def test_request_name_is_the_file_name_and_backend_never_a_path() -> None:
     assert "/" not in spec.name and Path(spec.model_path).is_file()
 
 
-def test_llama_cpp_generates_on_every_core_unless_told() -> None:
-    """Its server's default (half the cores) answered 1.6x slower on this 2-core machine."""
-    assert local_spec("smollm2-135m", "llama-cpp").threads == os.cpu_count()
-    assert local_spec("smollm2-135m", "llama-cpp", threads=1).threads == 1
+@pytest.mark.parametrize("backend", ["llama-cpp", "llama-server"])
+def test_llama_cpp_servers_generate_on_every_core_unless_told(backend: str) -> None:
+    """llama-cpp's default (half the cores) answered 1.6x slower on this 2-core machine."""
+    assert local_spec("smollm2-135m", backend).threads == os.cpu_count()
+    assert local_spec("smollm2-135m", backend, threads=1).threads == 1
+
+
+def test_llama_server_serves_the_gguf_under_its_name_on_one_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The binary comes from $MAPSLIB_LLAMA_SERVER; requests and cache keys carry the file name and
+    backend; one slot, since two in flight halve each one's decode rate on a CPU."""
+    binary = tmp_path / "llama-server"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("MAPSLIB_LLAMA_SERVER", str(binary))
+    spec = local_spec("smollm2-135m", "llama-server", threads=3)
+    assert spec.name == "SmolLM2-135M-Instruct.Q4_1@llama-server"
+    cmd = llm_server.server_command(spec, 8123)
+    assert cmd[:3] == [str(binary), "--model", spec.model_path]
+    value = {
+        flag: cmd[cmd.index(flag) + 1] for flag in ("--alias", "--port", "--host", "--threads")
+    }
+    assert value == {
+        "--alias": spec.name,
+        "--port": "8123",
+        "--host": "127.0.0.1",
+        "--threads": "3",
+    }
+    assert cmd[cmd.index("--parallel") + 1] == "1"
+    assert LocalServer(spec).request_model == spec.name
+
+
+def test_llama_server_not_built_names_the_make_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAPSLIB_LLAMA_SERVER", str(tmp_path / "missing"))
+    assert not backend_installed("llama-server")
+    with pytest.raises(LLMServerError, match="make setup-llm-server"):
+        require_backend("llama-server")
 
 
 def test_backend_not_installed_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,18 +264,30 @@ def test_an_error_inside_the_block_stops_the_server(
     assert not server.alive()
 
 
-needs_llama_cpp = pytest.mark.skipif(
-    not backend_installed("llama-cpp"),
-    reason="llama-cpp-python[server] is not installed (make setup-llm)",
-)
+GGUF_SERVERS = [
+    pytest.param(
+        "llama-cpp",
+        marks=pytest.mark.skipif(
+            not backend_installed("llama-cpp"),
+            reason="llama-cpp-python[server] is not installed (make setup-llm)",
+        ),
+    ),
+    pytest.param(
+        "llama-server",
+        marks=pytest.mark.skipif(
+            not backend_installed("llama-server"),
+            reason="llama.cpp's llama-server is not built (make setup-llm-server)",
+        ),
+    ),
+]
 
 
-@needs_llama_cpp
-def test_real_llama_cpp_server_describes_caches_and_replays(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", GGUF_SERVERS)
+def test_real_llama_cpp_server_describes_caches_and_replays(backend: str, tmp_path: Path) -> None:
     """SmolLM2-135M-Instruct under grammar-constrained JSON: answers that parse are cached, one
     that runs past max_tokens is retried and then recorded as a failure naming why (seen on head
     0.0: a 135M model can ramble); a rerun with no server answers from the cache alone."""
-    spec = local_spec("smollm2-135m", "llama-cpp", threads=2)
+    spec = local_spec("smollm2-135m", backend, threads=2)
     config = LLMConfig(model=spec.name, max_tokens=200, json_schema=True, timeout=300)
     table = salient_table([(0, 0), (3, 1)])
     with LocalServer(spec) as server:
