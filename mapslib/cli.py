@@ -340,6 +340,8 @@ def _salient_parser(sub: argparse._SubParsersAction) -> None:
 
 def _llm_args(p: argparse.ArgumentParser) -> None:
     """Which LLM describes heads: an OpenAI-compatible API, or a local server the project starts."""
+    from mapslib.salient.llm_server import BACKENDS  # stdlib only: cheap at parser build time
+
     p.add_argument(
         "--llm",
         choices=("openai", "local"),
@@ -356,7 +358,7 @@ def _llm_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--llm-backend",
-        choices=("llama-cpp", "llama-server", "transformers"),
+        choices=BACKENDS,
         default="llama-cpp",
         help="the local server: llama-cpp-python's (GGUF, quantised kernels; wrote the book's "
         "answers), llama.cpp's own llama-server (same GGUF, 1.13x faster per head on 2 cores; "

@@ -48,7 +48,7 @@ LOCAL_KEY = "local"  # a local server checks no key; the openai client needs a n
 INSTALL = {
     "llama-cpp": 'pip install "llama-cpp-python[server]"  (or: make setup-llm; compiles llama.cpp)',
     "llama-server": "make setup-llm-server (builds llama.cpp's llama-server into the venv, about "
-    "5 min; needs cmake and a C++ compiler), or put a llama-server binary on PATH or in "
+    "6 min; needs cmake and a C++ compiler), or put a llama-server binary on PATH or in "
     "$MAPSLIB_LLAMA_SERVER",
     "transformers": 'pip install "transformers[serving]"',
 }
