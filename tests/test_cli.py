@@ -297,3 +297,22 @@ def test_describe_and_judge_against_a_local_server(
     assert judged["picked"].eq(0).all() and judged["control"].sum() == 10
     assert "judge accuracy" in caplog.text
     assert "word-overlap judges (no LLM): seen mappings" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--llm", "local"], 1),  # llama-cpp-python's server answers one request at a time
+        (["--llm", "local", "--llm-backend", "llama-server"], 8),  # one slot each, decoded together
+        (["--llm", "local", "--llm-backend", "llama-server", "--llm-concurrency", "3"], 3),
+        (["--llm", "openai"], 8),
+    ],
+)
+def test_requests_in_flight_by_backend(argv: list[str], expected: int) -> None:
+    import argparse
+
+    from mapslib.cli import _concurrency, _llm_args
+
+    p = argparse.ArgumentParser()
+    _llm_args(p)
+    assert _concurrency(p.parse_args(argv)) == expected

@@ -209,7 +209,8 @@ def require_llm() -> None:
         )
 
 
-LOCAL_TIMEOUT = 900.0  # seconds: a CPU server answers one request at a time, ~1 min each on 2 cores
+# seconds: on 2 cores a request takes ~1 min alone, ~4 min among 8 in llama-server's slots
+LOCAL_TIMEOUT = 900.0
 
 
 def llm_config(

@@ -16,8 +16,10 @@ Three backends:
   that the same llama-cpp-python release vendors). Same GGUF, kernels and grammar-constrained JSON,
   with no Python in the token loop. On 2 cores it described 15 SmolLM2 heads 1.13x faster (16.2
   against 18.3 s per head; prefill of the ~700 tokens each head does not share dominates both). It
-  has parallel slots with continuous batching, which pay on a GPU but not on 2 cores (two requests
-  in flight decode at 14 tokens/s each instead of 27 for one), so it gets one slot here.
+  decodes the requests in flight together, one slot each (`ServerSpec.slots`): a step reads the
+  weights once for all of them. That pays where decoding waits on memory (a 2-core VM copying
+  16 GB/s: 8 slots 1.46x, 44.9 -> 30.8 s per head, looping answers no longer blocking the rest) and
+  costs little where it waits on arithmetic (another 2-core machine: 2 slots 0.96x).
 - `transformers`: `transformers serve` (transformers' `serving` extra; pure Python, float32 on the
   CPU), for a saved model folder; it has continuous batching, so concurrent requests share forwards.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -46,11 +49,26 @@ GGUF_BACKENDS = ("llama-cpp", "llama-server")  # serve a .gguf file, JSON constr
 DEFAULT_LOCAL_MODEL = "qwen2.5-coder-1.5b"  # Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M
 LOCAL_KEY = "local"  # a local server checks no key; the openai client needs a non-empty one
 INSTALL = {
-    "llama-cpp": 'pip install "llama-cpp-python[server]"  (or: make setup-llm; compiles llama.cpp)',
-    "llama-server": "make setup-llm-server (builds llama.cpp's llama-server into the venv, about "
-    "6 min; needs cmake and a C++ compiler), or put a llama-server binary on PATH or in "
+    "llama-cpp": 'make setup-llm (pip install "llama-cpp-python[server]", compiling llama.cpp '
+    "with the fix GCC 12 needs on CPUs with AMX, tools/gcc12_amx_tilecfg.h)",
+    "llama-server": "make setup-llm-server (builds llama.cpp's llama-server into the venv, 6-8 "
+    "min; needs cmake and a C++ compiler), or put a llama-server binary on PATH or in "
     "$MAPSLIB_LLAMA_SERVER",
     "transformers": 'pip install "transformers[serving]"',
+}
+
+
+# A llama.cpp built by GCC 12 on a CPU with AMX dies of SIGILL at its first tile instruction (the
+# compiler drops the tile shapes; tools/gcc12_amx_tilecfg.h); the Makefile's builds work around it.
+_REBUILD = {
+    "llama-cpp": "rebuild it with: pip uninstall -y llama-cpp-python && make setup-llm",
+    "llama-server": "rebuild it with: rm .venv/bin/llama-server && make setup-llm-server",
+    "transformers": "reinstall torch for this CPU",
+}
+SIGILL_HINT = {
+    backend: ": it died of an illegal instruction, so it was built for CPU instructions this machine "
+    "cannot run (llama.cpp built by GCC 12 on a CPU with AMX does this); " + fix
+    for backend, fix in _REBUILD.items()
 }
 
 
@@ -66,8 +84,9 @@ class ServerSpec:
     model_path: str
     name: str  # the model name requests carry and the answer cache is keyed by
     port: int | None = None  # None: a free port
-    context: int = 4096  # tokens of context (llama-cpp)
+    context: int = 4096  # tokens of context per request (llama.cpp backends)
     threads: int | None = None  # CPU threads (llama.cpp backends); None: the server's default
+    slots: int = 1  # requests llama-server decodes together (continuous batching)
     startup_timeout: float = 600.0  # seconds to wait for the first healthy answer
 
 
@@ -139,7 +158,8 @@ def server_command(spec: ServerSpec, port: int) -> list[str]:
     if spec.backend == "llama-server":
         cmd = [llama_server_binary() or "llama-server", "--model", spec.model_path]
         cmd += ["--alias", spec.name, "--host", "127.0.0.1", "--port", str(port)]
-        cmd += ["--ctx-size", str(spec.context), "--parallel", "1", "--no-webui"]
+        cmd += ["--ctx-size", str(spec.context * spec.slots), "--parallel", str(spec.slots)]
+        cmd += ["--no-webui"]
         if spec.threads:
             cmd += ["--threads", str(spec.threads), "--threads-batch", str(spec.threads)]
         return cmd
@@ -156,7 +176,6 @@ def _die_with_parent() -> None:
     """In the child, before exec: ask Linux to SIGTERM it when its parent dies, so a killed run
     (SIGKILL, SIGTERM: no `with` cleanup) leaves no server behind."""
     import ctypes
-    import signal
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
@@ -262,8 +281,9 @@ class LocalServer:
     def death_message(self, what: str) -> str:
         """One line: the server stopped, its exit code, its last log line, and where the log is."""
         code = self.process.poll() if self.process is not None else None
+        hint = SIGILL_HINT[self.spec.backend] if code == -signal.SIGILL else ""
         return (
-            f"the {self.spec.backend} LLM server {what} (exit code {code}); last log line: "
+            f"the {self.spec.backend} LLM server {what} (exit code {code}){hint}; last log line: "
             f"{self.last_log_line()!r}; full log: {self.log_path}"
         )
 
@@ -293,6 +313,7 @@ def local_spec(
     *,
     port: int | None = None,
     threads: int | None = None,
+    slots: int = 1,
 ) -> ServerSpec:
     """What `--llm local` serves: an alias or .gguf file (llama-cpp, llama-server), or a model folder
     (transformers).
@@ -329,7 +350,12 @@ def local_spec(
     name = f"{path.name.removesuffix('.gguf')}@{backend}"
     if threads is None and backend in GGUF_BACKENDS:
         threads = os.cpu_count() or 1  # llama-cpp's default, half the cores, is 1.6x slower on 2
-    return ServerSpec(backend, str(path.resolve()), name, port=port, threads=threads)
+    if slots < 1 or (slots > 1 and backend != "llama-server"):
+        raise LLMServerError(
+            f"{slots} server slots asked of the {backend} backend; only llama-server decodes "
+            "several requests together (slots >= 1)"
+        )
+    return ServerSpec(backend, str(path.resolve()), name, port=port, threads=threads, slots=slots)
 
 
 def server_record(spec: ServerSpec) -> dict[str, object]:
@@ -339,4 +365,5 @@ def server_record(spec: ServerSpec) -> dict[str, object]:
         "model": spec.name,
         "context": spec.context,
         "threads": spec.threads,
+        "slots": spec.slots,
     }

@@ -112,11 +112,11 @@ def test_llama_cpp_servers_generate_on_every_core_unless_told(backend: str) -> N
     assert local_spec("smollm2-135m", backend, threads=1).threads == 1
 
 
-def test_llama_server_serves_the_gguf_under_its_name_on_one_slot(
+def test_llama_server_serves_the_gguf_under_its_name_with_a_slot_per_request(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The binary comes from $MAPSLIB_LLAMA_SERVER; requests and cache keys carry the file name and
-    backend; one slot, since two in flight halve each one's decode rate on a CPU."""
+    backend; each slot (a request decoded alongside the others) gets the whole context."""
     binary = tmp_path / "llama-server"
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
@@ -136,6 +136,15 @@ def test_llama_server_serves_the_gguf_under_its_name_on_one_slot(
     }
     assert cmd[cmd.index("--parallel") + 1] == "1"
     assert LocalServer(spec).request_model == spec.name
+    four = llm_server.server_command(local_spec("smollm2-135m", "llama-server", slots=4), 8123)
+    assert four[four.index("--parallel") + 1] == "4"
+    assert four[four.index("--ctx-size") + 1] == str(4 * spec.context)
+
+
+@pytest.mark.parametrize(("backend", "slots"), [("llama-cpp", 2), ("llama-server", 0)])
+def test_slots_only_where_the_server_has_them(backend: str, slots: int) -> None:
+    with pytest.raises(LLMServerError, match="only llama-server decodes several requests"):
+        local_spec("smollm2-135m", backend, slots=slots)
 
 
 def test_llama_server_not_built_names_the_make_target(
@@ -180,6 +189,25 @@ def test_a_server_that_exits_at_start_reports_its_last_log_line(
     assert "exited before it was ready (exit code 3)" in message
     assert "cannot load the model file" in message and "\n" not in message
     assert isinstance(err.value, MapsError)  # the CLI prints it as one line, exit status 2
+
+
+@pytest.mark.parametrize("backend", ["llama-cpp", "llama-server"])
+def test_a_server_killed_by_an_illegal_instruction_says_to_rebuild_it(
+    backend: str, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # what a llama.cpp built by GCC 12 does on a CPU with AMX (tools/gcc12_amx_tilecfg.h)
+    script = "import os, signal; print('warming up the model'); os.kill(os.getpid(), signal.SIGILL)"
+    monkeypatch.setattr(
+        llm_server, "server_command", lambda spec, port: [sys.executable, "-c", script]
+    )
+    monkeypatch.setattr(llm_server, "require_backend", lambda backend: None)
+    server = LocalServer(ServerSpec(backend, str(tiny_folder), "tiny"))
+    with pytest.raises(LLMServerError) as err:
+        server.start()
+    message = str(err.value)
+    assert "illegal instruction" in message and "\n" not in message
+    assert f"make {'setup-llm' if backend == 'llama-cpp' else 'setup-llm-server'}" in message
+    assert "warming up the model" in message  # the last log line is still there
 
 
 def test_a_server_that_never_answers_times_out_and_is_stopped(
