@@ -60,15 +60,14 @@ INSTALL = {
 
 # A llama.cpp built by GCC 12 on a CPU with AMX dies of SIGILL at its first tile instruction (the
 # compiler drops the tile shapes; tools/gcc12_amx_tilecfg.h); the Makefile's builds work around it.
-_REBUILD = {
-    "llama-cpp": "rebuild it with: pip uninstall -y llama-cpp-python && make setup-llm",
-    "llama-server": "rebuild it with: rm .venv/bin/llama-server && make setup-llm-server",
-    "transformers": "reinstall torch for this CPU",
-}
+_ILLEGAL = ": it died of an illegal instruction, so it was built for CPU instructions this machine "
+_LLAMA_CPP = _ILLEGAL + "cannot run (llama.cpp built by GCC 12 on a CPU with AMX does this); "
 SIGILL_HINT = {
-    backend: ": it died of an illegal instruction, so it was built for CPU instructions this machine "
-    "cannot run (llama.cpp built by GCC 12 on a CPU with AMX does this); " + fix
-    for backend, fix in _REBUILD.items()
+    "llama-cpp": _LLAMA_CPP
+    + "rebuild it with: pip uninstall -y llama-cpp-python && make setup-llm",
+    "llama-server": _LLAMA_CPP
+    + "rebuild it with: rm .venv/bin/llama-server && make setup-llm-server",
+    "transformers": _ILLEGAL + "cannot run; reinstall torch and transformers for this CPU",
 }
 
 
