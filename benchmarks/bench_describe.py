@@ -24,7 +24,13 @@ from mapslib.foundation.heads import all_heads
 from mapslib.foundation.io import write_json
 from mapslib.foundation.models import load_model
 from mapslib.salient.describe import Describer, Endpoint, describe_heads, llm_config
-from mapslib.salient.llm_server import BACKENDS, GGUF_BACKENDS, LocalServer, local_spec
+from mapslib.salient.llm_server import (
+    BACKENDS,
+    GGUF_BACKENDS,
+    LocalServer,
+    local_spec,
+    slots_for,
+)
 from mapslib.salient.mappings import salient_mappings
 
 RESULTS = Path(__file__).parent / "results"
@@ -33,8 +39,7 @@ RESULTS = Path(__file__).parent / "results"
 def one_run(table, spec, concurrency: int) -> dict[str, float]:
     """Describe every head of `table` with a fresh cache; wall time and the server's token counts.
     llama-server gets one slot per request in flight, so they decode together."""
-    if spec.backend == "llama-server":
-        spec = replace(spec, slots=concurrency)
+    spec = replace(spec, slots=slots_for(spec.backend, concurrency))
     config = llm_config(spec.name, json_schema=spec.backend in GGUF_BACKENDS, local=True)
     with tempfile.TemporaryDirectory() as cache, LocalServer(spec) as server:
         endpoint = Endpoint(server.base_url, model=server.request_model)

@@ -444,15 +444,20 @@ def _concurrency(args: argparse.Namespace) -> int:
 def _describe(args: argparse.Namespace, salient: Any, out: Path, lm: Any) -> None:
     """Describe (and judge) the heads of `salient`; a local server lives for this call only."""
     from mapslib.salient.describe import Describer, Endpoint, llm_config
-    from mapslib.salient.llm_server import GGUF_BACKENDS, LocalServer, local_spec, server_record
+    from mapslib.salient.llm_server import (
+        GGUF_BACKENDS,
+        LocalServer,
+        local_spec,
+        server_record,
+        slots_for,
+    )
 
     cache = Path(args.llm_cache) if args.llm_cache else None
     if args.llm == "openai":
         config = llm_config(args.llm_model, args.llm_temperature, args.llm_seed)
         _describe_with(args, salient, out, lm, Describer(config, cache=cache), None)
         return
-    # llama-server decodes the requests in flight together, one slot each
-    slots = _concurrency(args) if args.llm_backend == "llama-server" else 1
+    slots = slots_for(args.llm_backend, _concurrency(args))
     spec = local_spec(
         args.llm_model, args.llm_backend, port=args.llm_port, threads=args.llm_threads, slots=slots
     )

@@ -357,6 +357,12 @@ def local_spec(
     return ServerSpec(backend, str(path.resolve()), name, port=port, threads=threads, slots=slots)
 
 
+def slots_for(backend: str, concurrency: int) -> int:
+    """Server slots for `concurrency` requests in flight: one each on llama-server, which decodes
+    them together; 1 elsewhere (llama-cpp answers one at a time, transformers batches by itself)."""
+    return concurrency if backend == "llama-server" else 1
+
+
 def server_record(spec: ServerSpec) -> dict[str, object]:
     """The server's settings for a result's sidecar (no paths beyond the model's file name)."""
     return {
