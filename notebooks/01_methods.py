@@ -56,7 +56,7 @@ from mapslib.foundation.heads import parse_head
 from mapslib.relation_map.relations import load_relations, scorable
 from mapslib.relation_map.scores import TAU, relation_k, relation_scores, scores_by_k
 from mapslib.relation_map.summary import strongest_head
-from mapslib.report.display import open_chapter
+from mapslib.book.display import open_chapter
 from mapslib.salient.mappings import (
     mapping_strings,
     mappings_by_embedding,

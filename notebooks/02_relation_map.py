@@ -47,7 +47,7 @@ from mapslib.relation_map import summary
 from mapslib.relation_map.relations import MIN_PAIRS, load_relations, surviving_pairs
 from mapslib.relation_map.scores import TAU, maps_by_embedding, run_relation_map
 from mapslib.report import plots
-from mapslib.report.display import open_chapter
+from mapslib.book.display import open_chapter
 from mapslib.report.reference import (
     PAPER_MULTI_CATEGORY_SHARE,
     PAPER_SUPPRESSION_SHARE,

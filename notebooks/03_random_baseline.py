@@ -53,7 +53,7 @@ from mapslib.relation_map.baseline import (
 from mapslib.relation_map.relations import load_relations
 from mapslib.relation_map.scores import TAU, run_relation_map
 from mapslib.report import plots_salient
-from mapslib.report.display import open_chapter
+from mapslib.book.display import open_chapter
 from mapslib.report.tables import random_baseline_beside_paper
 
 lm, hw, name = open_chapter(model, device, weights_only)

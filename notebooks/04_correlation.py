@@ -77,7 +77,7 @@ from mapslib.foundation.io import write_table
 from mapslib.relation_map.relations import load_relations, scorable
 from mapslib.relation_map.scores import maps_by_bias, maps_by_embedding
 from mapslib.report import plots_behaviour
-from mapslib.report.display import open_chapter
+from mapslib.book.display import open_chapter
 from mapslib.report.tables import correlation_beside_paper, p_text
 
 lm, hw, name = open_chapter(model, device)

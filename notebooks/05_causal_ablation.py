@@ -78,7 +78,7 @@ from mapslib.foundation.tokens import token_texts
 from mapslib.relation_map.relations import load_relations, scorable, surviving_pairs
 from mapslib.relation_map.scores import run_relation_map
 from mapslib.report import plots_behaviour
-from mapslib.report.display import open_chapter
+from mapslib.book.display import open_chapter
 from mapslib.report.tables import causal_beside_paper
 
 lm, hw, name = open_chapter(model, device)

@@ -57,7 +57,7 @@ from mapslib.behaviour.multitoken import (
 from mapslib.relation_map.relations import load_relations, scorable
 from mapslib.relation_map.scores import run_relation_map
 from mapslib.report import plots_behaviour
-from mapslib.report.display import open_chapter
+from mapslib.book.display import open_chapter
 from mapslib.report.tables import p_text
 
 lm, hw, name = open_chapter(model, device)

@@ -63,7 +63,7 @@ from mapslib.relation_map.relations import load_relations
 from mapslib.relation_map.scores import run_relation_map
 from mapslib.relation_map.summary import strongest_head
 from mapslib.report import plots_salient
-from mapslib.report.display import open_chapter
+from mapslib.book.display import open_chapter
 from mapslib.salient.describe import (
     answer_records,
     availability_note,

@@ -48,7 +48,7 @@ weights_only = False  # True: read only the weights used, a layer at a time (lar
 # %%
 # NBVAL_IGNORE_OUTPUT
 from mapslib.report import plots_salient
-from mapslib.report.display import open_chapter
+from mapslib.book.display import open_chapter
 from mapslib.salient.globality import (
     default_sample,
     head_globality,

@@ -32,7 +32,7 @@
 # head outputs and that removing relation heads hurts their task more than removing random heads.
 #
 # Each of those is checked below on this book's models, by a rule written out in
-# `mapslib.report.claim_rules.CLAIM_RULES` and applied to the numbers. The verdicts at the end of the
+# `mapslib.crossmodel.claim_rules.CLAIM_RULES` and applied to the numbers. The verdicts at the end of the
 # chapter are computed from the tables, so they change when the models or their tables do.
 
 # %% tags=["parameters"]
@@ -49,12 +49,12 @@ seed = 0
 from IPython.display import Markdown
 
 from mapslib.relation_map.scores import TAU
-from mapslib.report import book_parts as bp
-from mapslib.report import claims
-from mapslib.report import plots_universality as plots
-from mapslib.report import universality as u
-from mapslib.report import universality_behaviour as ub
-from mapslib.report.display import notebook_setup
+from mapslib.crossmodel import parts as bp
+from mapslib.crossmodel import claims
+from mapslib.crossmodel import plots
+from mapslib.crossmodel import universality as u
+from mapslib.crossmodel import universality_behaviour as ub
+from mapslib.book.display import notebook_setup
 
 notebook_setup()
 tau = TAU if tau is None else tau
@@ -65,7 +65,7 @@ print(f"{len(parts)} models: {', '.join(names)}")
 # %% [markdown]
 # ## The models and what their parts hold
 #
-# Each model's shape comes from its own part of the book (`book_parts.model_info` says from
+# Each model's shape comes from its own part of the book (`parts.model_info` says from
 # where: a sidecar's architecture record, chapter 01's `hw.describe()` output, or the relation map
 # itself); the size is the one in the model's name. A model whose part lacks a table is left out of
 # the sections that need it.

@@ -97,7 +97,7 @@ from mapslib.foundation.tokens import token_texts
 from mapslib.relation_map.relations import load_relations
 from mapslib.relation_map.scores import TAU, run_relation_map
 from mapslib.report import plots_known_heads
-from mapslib.report.display import open_chapter
+from mapslib.book.display import open_chapter
 
 lm, hw, name = open_chapter(model, device)
 

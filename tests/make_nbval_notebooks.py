@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mapslib.report.book import run_chapter
+from mapslib.book.build import run_chapter
 
 MODEL = "smollm2-135m"
 FOLDER = Path(__file__).resolve().parent / "notebooks" / MODEL

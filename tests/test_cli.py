@@ -237,7 +237,7 @@ def fake_openai(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A scripted chat-completions server as OPENAI_BASE_URL, and a cache reusing the model."""
     from fake_llm import KEY, FakeServer
 
-    from mapslib.foundation.models import cache_root
+    from mapslib.foundation.io import cache_root
 
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "models").symlink_to(

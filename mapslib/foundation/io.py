@@ -14,6 +14,11 @@ from typing import Any
 import pandas as pd
 
 
+def cache_root() -> Path:
+    """Where mapslib caches dequantised models, assembled GGUF files and LLM answers."""
+    return Path(os.environ.get("MAPSLIB_CACHE", Path.home() / ".cache" / "mapslib"))
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks so large weights do not sit in memory."""
     h = hashlib.sha256()

@@ -26,7 +26,7 @@ import torch
 
 from mapslib.errors import BadArgument, UnknownModel, UnsupportedArchitecture
 from mapslib.foundation.adapters import FAMILIES, HeadWeights, TensorSource
-from mapslib.foundation.io import sha256_file
+from mapslib.foundation.io import cache_root, sha256_file
 from mapslib.foundation.packaged import ALIASES, DEFAULT_MODEL
 
 CACHE_FORMAT = 1  # bump when the layout of the dequantised cache changes
@@ -129,11 +129,6 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise BadArgument(f"unknown device {device!r}; use auto, cpu or cuda")
     return torch.device(device)
-
-
-def cache_root() -> Path:
-    """Where mapslib caches dequantised models and LLM answers."""
-    return Path(os.environ.get("MAPSLIB_CACHE", Path.home() / ".cache" / "mapslib"))
 
 
 def load_model(

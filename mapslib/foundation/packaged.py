@@ -73,7 +73,7 @@ def chunk_file(package: str, install: str) -> Path:
 
 def gguf_cache() -> Path:
     """Where assembled GGUF files are kept."""
-    from mapslib.foundation.models import cache_root
+    from mapslib.foundation.io import cache_root
 
     return cache_root() / "gguf"
 

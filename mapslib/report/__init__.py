@@ -1,5 +1,4 @@
-"""The report layer: what the book shows. Nothing below this package imports it.
-
-reference (the paper's quoted numbers), tables (our results beside the paper's), plots, display
-(notebook setup and token display), book (papermill and jupyter-book).
+"""What one model's chapters show: the paper's quoted numbers (reference), our results beside them
+(tables) and the figures (plots, plots_salient, plots_behaviour, plots_known_heads). Nothing in the
+method packages imports it.
 """

@@ -148,7 +148,7 @@ COMMITTED_ANSWERS = Path(__file__).resolve().parent.parent / "data" / "llm_answe
 
 def cache_dir() -> Path:
     """Where new answers are cached: `cache_root()/llm` (committed ones are read from the package)."""
-    from mapslib.foundation.models import cache_root
+    from mapslib.foundation.io import cache_root
 
     return cache_root() / "llm"
 

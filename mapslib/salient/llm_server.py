@@ -181,7 +181,7 @@ def _die_with_parent() -> None:
 
 def log_dir() -> Path:
     """Where server logs go (kept after a failure, to read)."""
-    from mapslib.foundation.models import cache_root
+    from mapslib.foundation.io import cache_root
 
     return cache_root() / "llm-server"
 

@@ -14,8 +14,8 @@ from synthetic_book import make_part, scores_frame, write
 from mapslib.relation_map import summary
 from mapslib.relation_map.baseline import baseline_table
 from mapslib.relation_map.scores import TAU
-from mapslib.report import universality as u
-from mapslib.report.book_parts import ModelPart, model_parts
+from mapslib.crossmodel import universality as u
+from mapslib.crossmodel.parts import ModelPart, model_parts
 from mapslib.report.reference import GPT2_XL_MAX_SCORES
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from synthetic_book import SMALL, make_part, scores_frame, write
 
-from mapslib.report import book_parts as bp
+from mapslib.crossmodel import parts as bp
 
 
 def test_nominal_parameters_from_names() -> None:

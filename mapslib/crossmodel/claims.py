@@ -19,7 +19,7 @@ from mapslib.behaviour.correlation import CLEAR_MARGIN
 from mapslib.behaviour.known_heads import PREDICTED_SIDE, ROLES
 from mapslib.relation_map.relations import label_of
 from mapslib.relation_map.scores import TAU
-from mapslib.report.book_parts import (
+from mapslib.crossmodel.parts import (
     DEFAULT_READING,
     ModelPart,
     median_r,
@@ -27,7 +27,7 @@ from mapslib.report.book_parts import (
     size_text,
     sources,
 )
-from mapslib.report.claim_rules import (
+from mapslib.crossmodel.claim_rules import (
     CLAIM_ORDER,
     CLAIM_RULES,
     COMBINE_RULE,
@@ -51,7 +51,7 @@ from mapslib.report.reference import (
     PAPER_RANDOM_BASELINE,
     PAPER_SUPPRESSION_SHARE,
 )
-from mapslib.report.universality import (
+from mapslib.crossmodel.universality import (
     DEPTH_RULE,
     classified_heads,
     depth_table,
@@ -59,7 +59,7 @@ from mapslib.report.universality import (
     random_baseline_table,
     score_spread,
 )
-from mapslib.report.universality_behaviour import (
+from mapslib.crossmodel.universality_behaviour import (
     MIN_DRAWS_FOR_P,
     STRONG_R,
     causal_effects,

@@ -1,6 +1,6 @@
 """The cross-model chapter's head-level tables: every model's relation map set beside the others'.
 
-Each function takes the models' parts (`book_parts.model_parts`) and lines them up against each
+Each function takes the models' parts (`parts.model_parts`) and lines them up against each
 other and against the paper's numbers (`reference`, quoted, never computed): the highest score per
 relation, how the scores spread over heads, where relation heads sit in depth, the shares of heads
 with several categories or a suppression, heads of one kv group sharing relations, and the random
@@ -21,7 +21,7 @@ from mapslib.relation_map import summary
 from mapslib.relation_map.baseline import baseline_table
 from mapslib.relation_map.relations import REGISTRY, category_of, label_of
 from mapslib.relation_map.scores import TAU
-from mapslib.report.book_parts import DEFAULT_READING, ModelPart, readings_for
+from mapslib.crossmodel.parts import DEFAULT_READING, ModelPart, readings_for
 from mapslib.report.reference import (
     GPT2_XL_MAX_SCORES,
     PAPER_MODEL_PARAMS,

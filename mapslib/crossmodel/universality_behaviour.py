@@ -16,7 +16,7 @@ import pandas as pd
 from mapslib.behaviour.ablation import SUMMARY_COLUMNS, ablation_summary, random_draws_table
 from mapslib.relation_map.relations import category_of, label_of
 from mapslib.relation_map.scores import TAU
-from mapslib.report.book_parts import (
+from mapslib.crossmodel.parts import (
     DEFAULT_READING,
     ModelPart,
     best_reading,
@@ -25,7 +25,7 @@ from mapslib.report.book_parts import (
 )
 from mapslib.report.reference import PAPER_CAUSAL_PYTHIA12B, PAPER_CORRELATION_LLAMA31_8B
 from mapslib.report.tables import causal_beside_paper, correlation_beside_paper
-from mapslib.report.universality import registry_order
+from mapslib.crossmodel.universality import registry_order
 
 ALPHA = 0.05  # significance level of the binomial, permutation and random-draw tests
 STRONG_R = 0.7  # "strong" correlation (the paper's lowest strong value is 0.71)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from mapslib.relation_map.scores import TAU
-from mapslib.report import claims
-from mapslib.report.book_parts import ModelPart, model_parts
-from mapslib.report.claim_rules import (
+from mapslib.crossmodel import claims
+from mapslib.crossmodel.parts import ModelPart, model_parts
+from mapslib.crossmodel.claim_rules import (
     CLAIM_ORDER,
     CLAIM_RULES,
     MIXED,
@@ -20,7 +20,7 @@ from mapslib.report.claim_rules import (
     NOT_TESTABLE,
     SUPPORTED,
 )
-from mapslib.report.universality import depth_table
+from mapslib.crossmodel.universality import depth_table
 
 VERDICTS = {SUPPORTED, NOT_SUPPORTED, MIXED, NOT_TESTABLE}
 

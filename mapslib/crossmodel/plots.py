@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from mapslib.relation_map.relations import label_of
 from mapslib.relation_map.scores import TAU
 from mapslib.report.reference import PAPER_SUPPRESSION_SHARE
-from mapslib.report.universality import registry_order
+from mapslib.crossmodel.universality import registry_order
 
 MODEL_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3"]
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mapslib.errors import BadArgument
-from mapslib.report import book
+from mapslib.book import build as book
 
 
 def test_every_chapter_is_paired_and_in_sync() -> None:

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from mapslib.behaviour.ablation import ablation_summary
-from mapslib.report import universality_behaviour as ub
-from mapslib.report.book_parts import ModelPart, model_parts, reading_correlations
+from mapslib.crossmodel import universality_behaviour as ub
+from mapslib.crossmodel.parts import ModelPart, model_parts, reading_correlations
 
 
 def test_hurts_more_uses_p_with_enough_draws_else_the_margin() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mapslib.report import claim_rules as cr
+from mapslib.crossmodel import claim_rules as cr
 
 
 def test_verdict_rules() -> None:

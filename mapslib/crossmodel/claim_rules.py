@@ -15,7 +15,7 @@ from mapslib.report.reference import (
     PAPER_MULTI_CATEGORY_SHARE,
     PAPER_SUPPRESSION_SHARE,
 )
-from mapslib.report.universality_behaviour import (
+from mapslib.crossmodel.universality_behaviour import (
     ALPHA,
     CONTEXT_DROP,
     MIN_DRAWS_FOR_P,

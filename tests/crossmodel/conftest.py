@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from synthetic_book import REAL, SMALL, ablation_csv, correlations_csv, make_part, write
 
-from mapslib.report.book_parts import ModelPart, model_folders, model_parts
+from mapslib.crossmodel.parts import ModelPart, model_folders, model_parts
 
 
 @pytest.fixture
