@@ -48,15 +48,17 @@ relations = [
 ]  # scored here to pick and explain heads
 words = ["John", "Mary", "France", "Paris", "cat", "big", "walk"]
 top_k = 5
+map_settings = {}  # map choices to change, e.g. {"embedding": "raw", "k": 5}; {}: MapSettings' defaults
 weights_only = False  # True: read only the weights used, a layer at a time (large models)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from mapslib.foundation.heads import parse_head
-from mapslib.relation_map.relations import load_relations, scorable
-from mapslib.relation_map.scores import TAU, relation_k, relation_scores, scores_by_k
-from mapslib.relation_map.summary import strongest_head
 from mapslib.book.display import open_chapter
+from mapslib.foundation.heads import parse_head
+from mapslib.foundation.settings import MapSettings
+from mapslib.relation_map.relations import load_relations, scorable
+from mapslib.relation_map.scores import relation_k, relation_scores, scores_by_k
+from mapslib.relation_map.summary import strongest_head
 from mapslib.salient.mappings import (
     mapping_strings,
     mappings_by_embedding,
@@ -66,6 +68,7 @@ from mapslib.salient.mappings import (
 )
 
 lm, hw, name = open_chapter(model, device, weights_only)
+settings = MapSettings.from_parameters(**map_settings)
 
 # %% [markdown]
 # ## The model's dimensions
@@ -87,8 +90,8 @@ hw.describe()
 # that promotes one of them most strongly, and the one that suppresses one most strongly.
 
 # %%
-tokenized = scorable(load_relations(relations), lm.tokenizer)
-scores = relation_scores(hw, tokenized)
+tokenized = scorable(load_relations(relations), lm.tokenizer, settings.min_pairs)
+scores = relation_scores(hw, tokenized, settings=settings)
 head = head or strongest_head(scores, "promote")
 suppressor = suppressor or strongest_head(scores, "suppress")
 print(f"head {head}, suppressor {suppressor}")
@@ -111,7 +114,7 @@ ov_summary(hw, layer, h)
 # %%
 ids, dropped = single_tokens(lm.tokenizer, words)
 print("not single tokens:", dropped)
-mapping_strings(top_mappings(hw, lm.tokenizer, layer, h, ids, top_k)).to_frame(
+mapping_strings(top_mappings(hw, lm.tokenizer, layer, h, ids, top_k, settings=settings)).to_frame(
     f"top {top_k} of head {head}"
 )
 
@@ -122,7 +125,7 @@ mapping_strings(top_mappings(hw, lm.tokenizer, layer, h, ids, top_k)).to_frame(
 # %%
 s_layer, s_head = parse_head(suppressor, hw)
 mapping_strings(
-    top_mappings(hw, lm.tokenizer, s_layer, s_head, ids, top_k, suppress=True)
+    top_mappings(hw, lm.tokenizer, s_layer, s_head, ids, top_k, suppress=True, settings=settings)
 ).to_frame(f"bottom {top_k} of head {suppressor}")
 
 # %% [markdown]
@@ -135,7 +138,7 @@ mapping_strings(
 # The same head under the three choices:
 
 # %%
-mappings_by_embedding(hw, lm.tokenizer, layer, h, ids, k=3)
+mappings_by_embedding(hw, lm.tokenizer, layer, h, ids, k=3, settings=settings)
 
 # %% [markdown]
 # ## The relation score, $k$ and $\tau$
@@ -151,8 +154,8 @@ mappings_by_embedding(hw, lm.tokenizer, layer, h, ids, k=3)
 # from 100k tokens on. Here the head's scores on a few relations as $k$ grows:
 
 # %%
-print({r.name: relation_k(r, hw.vocab_size) for r in tokenized})
-by_k = scores_by_k(hw, tokenized, [layer], [1, 3, 10, 25])
+print({r.name: relation_k(r, hw.vocab_size, settings.k) for r in tokenized})
+by_k = scores_by_k(hw, tokenized, [layer], [1, 3, 10, 25], settings)
 by_k = by_k[(by_k["head"] == h)].pivot_table(
     index=["relation", "mode"], columns="k", values="score"
 )
@@ -166,6 +169,6 @@ by_k.round(3)
 # every relation over every head.
 
 # %%
-print("tau =", TAU)
+print("tau =", settings.tau)
 mine = scores[(scores["layer"] == layer) & (scores["head"] == h)]
-mine.assign(implements=lambda d: d["score"] >= TAU)
+mine.assign(implements=lambda d: d["score"] >= settings.tau)

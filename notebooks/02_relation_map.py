@@ -33,21 +33,19 @@ device = "cpu"
 out_dir = "data"
 relations = None  # None: the 20 shipped relations; or names / .json / .csv files
 layers = None  # None: all layers; or "0,5,12"
-k = None  # None: PROTOCOL.md's rule by vocabulary size
-embedding = "paper"  # paper | raw | mlp0-residual
-tau = None  # None: the protocol's threshold (mapslib.relation_map.scores.TAU)
-min_pairs = None  # None: the protocol's minimum (mapslib.relation_map.relations.MIN_PAIRS)
+map_settings = {}  # map choices to change, e.g. {"embedding": "raw", "k": 5}; {}: MapSettings' defaults
 recompute = False  # True: compute every table again even when data/ has it
 weights_only = False  # True: read only the weights used, a layer at a time (large models)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from mapslib.foundation.heads import parse_layers
-from mapslib.relation_map import summary
-from mapslib.relation_map.relations import MIN_PAIRS, load_relations, surviving_pairs
-from mapslib.relation_map.scores import TAU, maps_by_embedding, run_relation_map
-from mapslib.report import plots
 from mapslib.book.display import open_chapter
+from mapslib.foundation.heads import parse_layers
+from mapslib.foundation.settings import MapSettings
+from mapslib.relation_map import summary
+from mapslib.relation_map.relations import load_relations, surviving_pairs
+from mapslib.relation_map.scores import maps_by_embedding, run_relation_map
+from mapslib.report import plots
 from mapslib.report.reference import (
     PAPER_MULTI_CATEGORY_SHARE,
     PAPER_SUPPRESSION_SHARE,
@@ -56,8 +54,7 @@ from mapslib.report.reference import (
 from mapslib.report.tables import known_scores
 
 lm, hw, name = open_chapter(model, device, weights_only)
-tau = TAU if tau is None else tau
-min_pairs = MIN_PAIRS if min_pairs is None else min_pairs
+settings = MapSettings.from_parameters(**map_settings)
 
 # %% [markdown]
 # ## Which pairs survive the tokenizer
@@ -68,7 +65,7 @@ min_pairs = MIN_PAIRS if min_pairs is None else min_pairs
 
 # %%
 rels = load_relations(relations)
-table = surviving_pairs(rels, lm.tokenizer, min_pairs)
+table = surviving_pairs(rels, lm.tokenizer, settings.min_pairs)
 print(f"{int(table['scored'].sum())} of {len(table)} relations are scored for {name}")
 table
 
@@ -94,9 +91,7 @@ scores = run_relation_map(
     rels,
     out_dir,
     layers=layer_list,
-    k=k,
-    embedding=embedding,
-    min_pairs=min_pairs,
+    settings=settings,
     recompute=recompute,
     log=print,
 )
@@ -111,9 +106,9 @@ scores.head()
 # title counts the heads at or above $\tau$.
 
 # %%
-fig = plots.relation_heatmaps(scores, "promote", name, tau)
+fig = plots.relation_heatmaps(scores, "promote", name, settings.tau)
 # %%
-fig = plots.relation_heatmaps(scores, "suppress", name, tau)
+fig = plots.relation_heatmaps(scores, "suppress", name, settings.tau)
 # %% [markdown]
 # ## Function distribution: heads per category
 #
@@ -122,9 +117,9 @@ fig = plots.relation_heatmaps(scores, "suppress", name, tau)
 # relations of several categories.
 
 # %%
-fig = plots.category_map(scores, hw.n_layers, hw.n_heads, name, tau)
+fig = plots.category_map(scores, hw.n_layers, hw.n_heads, name, settings.tau)
 # %%
-counts = summary.category_counts(scores, tau)
+counts = summary.category_counts(scores, settings.tau)
 fig = plots.category_layer_lines(counts, name)
 # %% [markdown]
 # ## Relation heads per relation
@@ -135,13 +130,13 @@ fig = plots.category_layer_lines(counts, name)
 # projection does not show).
 
 # %%
-rel_heads = summary.relation_overview(scores, tau)
+rel_heads = summary.relation_overview(scores, settings.tau)
 rel_heads
 
 # %%
 fig = plots.relation_head_bars(rel_heads, name)
 # %%
-fig = plots.max_score_bars(rel_heads, name, tau)
+fig = plots.max_score_bars(rel_heads, name, settings.tau)
 # %% [markdown]
 # ## Heads with several relations
 #
@@ -151,8 +146,8 @@ fig = plots.max_score_bars(rel_heads, name, tau)
 # numbers for this model:
 
 # %%
-heads = summary.head_table(scores, tau)
-overview = summary.overview(scores, hw.n_layers * hw.n_heads, tau)
+heads = summary.head_table(scores, settings.tau)
+overview = summary.overview(scores, hw.n_layers * hw.n_heads, settings.tau)
 print(f"heads: {overview['heads']}, classified (>= 1 relation): {overview['classified_heads']}")
 print(f"classified share:                {overview['classified_share']:.3f}")
 print(f"share with several categories:   {overview['multi_category_share']:.3f}")
@@ -175,10 +170,10 @@ heads.sort_values(["n_relations", "layer", "head"], ascending=[False, True, True
 
 # %%
 print(f"{hw.n_heads} heads per layer in {hw.n_kv_heads} kv groups of {hw.n_heads // hw.n_kv_heads}")
-summary.group_sharing(scores, hw.n_heads, hw.n_kv_heads, tau)
+summary.group_sharing(scores, hw.n_heads, hw.n_kv_heads, settings.tau)
 
 # %%
-groups = summary.group_members(scores, hw.n_heads, hw.n_kv_heads, tau)
+groups = summary.group_members(scores, hw.n_heads, hw.n_kv_heads, settings.tau)
 print(f"{len(groups)} (layer, kv group, relation, mode) with two or more heads implementing it")
 groups.head(20)
 
@@ -194,10 +189,8 @@ groups.head(20)
 # check on which reading the model's own forward pass agrees with.
 
 # %%
-maps = maps_by_embedding(
-    lm, rels, out_dir, first=embedding, layers=layer_list, k=k, min_pairs=min_pairs
-)
-summary.compare_maps(maps, tau).round(3)
+maps = maps_by_embedding(lm, rels, out_dir, settings=settings, layers=layer_list)
+summary.compare_maps(maps, settings.tau).round(3)
 
 # %% [markdown]
 # ## Checks against recorded numbers

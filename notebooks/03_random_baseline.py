@@ -36,14 +36,15 @@ out_dir = "data"  # where tables are written (relative to the executed notebook)
 layers = None  # None: every layer; or "0,5,12"
 relations = None  # None: the shipped relations
 seed = 0  # seed of the random matrices (each layer draws from its own generator)
-k = None  # None: PROTOCOL.md's rule by vocabulary size
-embedding = "paper"
+map_settings = {}  # map choices to change, e.g. {"embedding": "raw", "k": 5}; {}: MapSettings' defaults
 recompute = False  # True: compute every table again even when data/ has it
 weights_only = False  # True: read only the weights used, a layer at a time (large models)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+from mapslib.book.display import open_chapter
 from mapslib.foundation.heads import parse_layers
+from mapslib.foundation.settings import MapSettings
 from mapslib.relation_map.baseline import (
     baseline_table,
     layer_stats_table,
@@ -51,12 +52,12 @@ from mapslib.relation_map.baseline import (
     run_random_baseline,
 )
 from mapslib.relation_map.relations import load_relations
-from mapslib.relation_map.scores import TAU, run_relation_map
+from mapslib.relation_map.scores import run_relation_map
 from mapslib.report import plots_salient
-from mapslib.book.display import open_chapter
 from mapslib.report.tables import random_baseline_beside_paper
 
 lm, hw, name = open_chapter(model, device, weights_only)
+settings = MapSettings.from_parameters(**map_settings)
 
 # %% [markdown]
 # ## The distribution each layer's random matrices come from
@@ -82,9 +83,9 @@ stats.map(lambda v: f"{v:.2e}")
 
 # %%
 rels = load_relations(relations)
-settings = dict(layers=layer_list, k=k, embedding=embedding, recompute=recompute)
-real = run_relation_map(lm, rels, out_dir, log=print, **settings)
-random = run_random_baseline(lm, rels, out_dir, seed=seed, **settings)
+common = dict(layers=layer_list, settings=settings, recompute=recompute)
+real = run_relation_map(lm, rels, out_dir, log=print, **common)
+random = run_random_baseline(lm, rels, out_dir, seed=seed, **common)
 print(
     f"{random['relation'].nunique()} relations; {real.groupby(['layer', 'head']).ngroups} real heads and "
     f"{random.groupby(['layer', 'head']).ngroups} random matrices scored"
@@ -97,7 +98,7 @@ print(
 # $\tau$.
 
 # %%
-table = baseline_table(real, random, TAU)
+table = baseline_table(real, random, settings.tau)
 total = table.loc["total"]
 print(f"real heads over tau: {int(total['real_over_tau'])} of {int(total['heads'])}")
 print(

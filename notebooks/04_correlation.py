@@ -57,6 +57,7 @@ templates = "all"  # "all" or indices such as "0,1"
 max_pairs = None  # None: every single-token pair; or pairs per relation, drawn with `seed`
 seed = 0
 scatter_relations = ["name_copying", "country_to_capital_wikidata", "word_last_letter"]
+map_settings = {}  # map choices to change, e.g. {"embedding": "raw", "k": 5}; {}: MapSettings' defaults
 recompute = False  # True: compute every table again even when data/ has it
 
 # %%
@@ -73,14 +74,16 @@ from mapslib.behaviour.correlation import (
     run_dynamic_scores,
     supported_reading,
 )
+from mapslib.book.display import open_chapter
 from mapslib.foundation.io import write_table
+from mapslib.foundation.settings import MapSettings
 from mapslib.relation_map.relations import load_relations, scorable
 from mapslib.relation_map.scores import maps_by_bias, maps_by_embedding
 from mapslib.report import plots_behaviour
-from mapslib.book.display import open_chapter
 from mapslib.report.tables import correlation_beside_paper, p_text
 
 lm, hw, name = open_chapter(model, device)
+settings = MapSettings.from_parameters(**map_settings)
 
 # %% [markdown]
 # ## Prompts
@@ -91,9 +94,9 @@ lm, hw, name = open_chapter(model, device)
 
 # %%
 rels = load_relations(relations)
-tokenized = scorable(rels, lm.tokenizer, log=print)
+tokenized = scorable(rels, lm.tokenizer, settings.min_pairs, log=print)
 chosen = parse_templates(templates)
-rows = correlation_rows(tokenized, chosen, hw.vocab_size, max_pairs, seed)
+rows = correlation_rows(tokenized, chosen, hw.vocab_size, max_pairs, seed, settings.k)
 prompt_examples(rows, lm.tokenizer)
 
 # %%
@@ -108,10 +111,17 @@ first.groupby("relation", sort=False).agg(pairs=("target", "size"), k=("k", "fir
 # are used). The dynamic table has one row per head, relation, template, setting and mode.
 
 # %%
-maps = maps_by_embedding(lm, rels, out_dir, recompute=recompute)  # chapter 02's, if there
-static = maps["paper"]
+maps = maps_by_embedding(lm, rels, out_dir, settings=settings, recompute=recompute)  # chapter 02's
+static = maps[settings.embedding]
 dynamic = run_dynamic_scores(
-    lm, rels, out_dir, templates=chosen, max_pairs=max_pairs, seed=seed, recompute=recompute
+    lm,
+    rels,
+    out_dir,
+    templates=chosen,
+    max_pairs=max_pairs,
+    seed=seed,
+    settings=settings,
+    recompute=recompute,
 )
 dynamic.head()
 
@@ -146,7 +156,7 @@ fig = plots_behaviour.correlation_bars(corr, name, paper="Llama-3.1-8B (paper)")
 # score). The same split here, at $\tau$:
 
 # %%
-median_r_by_reach(corr).round(3)
+median_r_by_reach(corr, settings.tau).round(3)
 
 # %% [markdown]
 # ## Which $E_\text{in}$ agrees with the forward pass
@@ -181,7 +191,7 @@ by_map.round(3)
 
 # %%
 print("biases in this model:", ", ".join(hw.biases()) or "none, so there is one map only")
-bias_maps = maps_by_bias(lm, rels, out_dir, recompute=recompute)
+bias_maps = maps_by_bias(lm, rels, out_dir, settings=settings, recompute=recompute)
 by_bias = correlations_by_map(bias_maps, dynamic)
 for setting in ("no_context", "context"):
     print(supported_reading(by_bias, setting))

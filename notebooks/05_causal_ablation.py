@@ -56,7 +56,7 @@ max_prompts = 100  # prompts per task, drawn with `seed` (None: every single-tok
 random_draws = 200  # random head sets; the first 5 also give the curves
 step = 5  # random and control curves at every `step`-th head (and the last)
 seed = 0
-embedding = "paper"  # E_in of the static scores (chapter 1): paper | raw | mlp0-residual
+map_settings = {}  # map choices to change, e.g. {"embedding": "raw", "k": 5}; {}: MapSettings' defaults
 recompute = False  # True: compute every table again even when data/ has it
 
 # %%
@@ -74,14 +74,16 @@ from mapslib.behaviour.ablation import (
     run_ablation,
     top_relation_heads,
 )
+from mapslib.book.display import open_chapter
+from mapslib.foundation.settings import MapSettings
 from mapslib.foundation.tokens import token_texts
 from mapslib.relation_map.relations import load_relations, scorable, surviving_pairs
 from mapslib.relation_map.scores import run_relation_map
 from mapslib.report import plots_behaviour
-from mapslib.book.display import open_chapter
 from mapslib.report.tables import causal_beside_paper
 
 lm, hw, name = open_chapter(model, device)
+settings = MapSettings.from_parameters(**map_settings)
 
 # %% [markdown]
 # ## Tasks
@@ -97,7 +99,7 @@ kept["task prompt"] = [TASK_PROMPTS[r] for r in kept.index]
 kept[["task prompt", "single_token_pairs", "scored"]]
 
 # %%
-tokenized = scorable(task_rels, lm.tokenizer)
+tokenized = scorable(task_rels, lm.tokenizer, settings.min_pairs)
 first = build_task(tokenized[0], 1)
 print(repr(first.prompts[0]), "->", token_texts(lm.tokenizer, first.targets))
 print(" | ".join(token_texts(lm.tokenizer, lm.tokenizer(first.prompts[0])["input_ids"])))
@@ -111,7 +113,7 @@ print(" | ".join(token_texts(lm.tokenizer, lm.tokenizer(first.prompts[0])["input
 
 # %%
 static_rels = load_relations() if relations is None else task_rels
-static = run_relation_map(lm, static_rels, out_dir, embedding=embedding, recompute=recompute)
+static = run_relation_map(lm, static_rels, out_dir, settings=settings, recompute=recompute)
 m = n_relation_heads(hw.n_layers * hw.n_heads)
 heads = {t.name: top_relation_heads(static, t.name, m) for t in tokenized}
 print(f"{hw.n_layers * hw.n_heads} heads -> m = {m}")
@@ -141,7 +143,8 @@ curves = run_ablation(
     random_draws=random_draws,
     step=step,
     seed=seed,
-    static_source=f"relation map in {out_dir}, embedding {embedding}",
+    static_source=f"relation map in {out_dir}, embedding {settings.embedding}",
+    settings=settings,
     recompute=recompute,
 )
 curves.head()

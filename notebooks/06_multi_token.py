@@ -41,7 +41,7 @@ out_dir = "data"  # where tables are written (relative to the executed notebook)
 relations = None  # None: every shipped relation; the rule below picks those with enough pairs
 max_pairs = None  # None: every pair; or pairs per relation and kind, drawn with `seed`
 seed = 0
-embedding = "paper"  # E_in of the static scores (chapter 1): paper | raw | mlp0-residual
+map_settings = {}  # map choices to change, e.g. {"embedding": "raw", "k": 5}; {}: MapSettings' defaults
 recompute = False  # True: compute every table again even when data/ has it
 
 # %%
@@ -54,13 +54,15 @@ from mapslib.behaviour.multitoken import (
     run_multi_token,
     within_paper_criterion,
 )
+from mapslib.book.display import open_chapter
+from mapslib.foundation.settings import MapSettings
 from mapslib.relation_map.relations import load_relations, scorable
 from mapslib.relation_map.scores import run_relation_map
 from mapslib.report import plots_behaviour
-from mapslib.book.display import open_chapter
 from mapslib.report.tables import p_text
 
 lm, hw, name = open_chapter(model, device)
+settings = MapSettings.from_parameters(**map_settings)
 
 # %% [markdown]
 # ## Which relations have multi-token sources
@@ -70,7 +72,7 @@ lm, hw, name = open_chapter(model, device)
 
 # %%
 rels = load_relations(relations)
-single = scorable(rels, lm.tokenizer)
+single = scorable(rels, lm.tokenizer, settings.min_pairs)
 counts = multi_token_counts(rels, lm.tokenizer, single)
 print(f"rule: >= {MIN_MULTI_PAIRS} multi-token pairs and a single-token static score")
 counts[counts["multi_token_pairs"] > 0].set_index("relation")
@@ -87,13 +89,14 @@ print("\n".join(example_prompt(multi, lm.tokenizer)))
 # 02's.
 
 # %%
-static = run_relation_map(lm, rels, out_dir, embedding=embedding, recompute=recompute)
+static = run_relation_map(lm, rels, out_dir, settings=settings, recompute=recompute)
 both = run_multi_token(
     lm,
     rels,
     static,
     out_dir,
-    static_source=f"relation map in {out_dir}, embedding {embedding}",
+    static_source=f"relation map in {out_dir}, embedding {settings.embedding}",
+    settings=settings,
     max_pairs=max_pairs,
     seed=seed,
     recompute=recompute,

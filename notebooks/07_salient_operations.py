@@ -52,18 +52,19 @@ seed = 0
 held_out = 5  # salient tokens after the described ones, kept back to score descriptions
 options = 4  # lists per held-out question (chance: 1 / options)
 threshold = 0.5  # share of salient tokens an offline detector must explain
-embedding = "paper"  # E_in the heads are read on (chapter 1): paper | raw | mlp0-residual
+map_settings = {}  # map choices to change, e.g. {"embedding": "raw", "k": 5}; {}: MapSettings' defaults
 recompute = False  # True: compute every table again even when data/ has it
 weights_only = False  # True: read only the weights used, a layer at a time (large models)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+from mapslib.book.display import open_chapter
 from mapslib.foundation.heads import all_heads, parse_head
+from mapslib.foundation.settings import MapSettings
 from mapslib.relation_map.relations import load_relations
 from mapslib.relation_map.scores import run_relation_map
 from mapslib.relation_map.summary import strongest_head
 from mapslib.report import plots_salient
-from mapslib.book.display import open_chapter
 from mapslib.salient.describe import (
     answer_records,
     availability_note,
@@ -95,6 +96,7 @@ from mapslib.salient.overlap_judge import reference_summary
 from mapslib.salient.saliency import saliency_scores
 
 lm, hw, name = open_chapter(model, device, weights_only)
+settings = MapSettings.from_parameters(**map_settings)
 
 # %% [markdown]
 # ## Saliency of every token, for every head
@@ -103,7 +105,7 @@ lm, hw, name = open_chapter(model, device, weights_only)
 # whole vocabulary, takes seconds.
 
 # %%
-sal = saliency_scores(hw, embedding=embedding)
+sal = saliency_scores(hw, settings=settings)
 print(f"saliency: {sal.shape[0]} layers x {sal.shape[1]} heads x {sal.shape[2]} tokens")
 
 # %% [markdown]
@@ -126,7 +128,7 @@ salient_all = run_salient(
     out_dir,
     top_tokens=top_tokens + held_out,
     top_mappings=top_mappings,
-    embedding=embedding,
+    settings=settings,
     saliency=sal,
     recompute=recompute,
 )
@@ -161,7 +163,7 @@ for spec in shown:
 # %%
 if suppressor is None:
     suppressor = strongest_head(
-        run_relation_map(lm, load_relations(), out_dir, embedding=embedding), "suppress"
+        run_relation_map(lm, load_relations(), out_dir, settings=settings), "suppress"
     )
 s_layer, s_head = parse_head(suppressor, hw)
 suppressed = salient_mappings(
@@ -171,7 +173,7 @@ suppressed = salient_mappings(
     top_tokens=top_tokens,
     top_mappings=top_mappings,
     suppress=True,
-    embedding=embedding,
+    settings=settings,
     saliency=sal,
 )
 print(f"head {suppressor}, most suppressed targets")
@@ -290,7 +292,7 @@ comparison[comparison["label"] != "none"][["name", "label", "status", "pattern",
 
 # %%
 items = judge_items(
-    hw, lm.tokenizer, with_descriptions(salient_all, descriptions), setup, embedding
+    hw, lm.tokenizer, with_descriptions(salient_all, descriptions), setup, settings
 )
 judged = run_judgement(items, descriptions, describer, f"{out_dir}/judgements.csv", setup=setup)
 summary = accuracy_summary(judged, setup)

@@ -41,14 +41,15 @@ sample = "auto"  # sources per head for the output space: "auto", an integer, or
 cpu_sample = 512  # what "auto" samples on a CPU for vocabularies over 8192 tokens (GPU: exact)
 seed = 0  # seed of the source sample
 groups = 8  # jackknife groups for the sampling error
-embedding = "paper"  # E_in the heads are read on (chapter 1): paper | raw | mlp0-residual
+map_settings = {}  # map choices to change, e.g. {"embedding": "raw", "k": 5}; {}: MapSettings' defaults
 recompute = False  # True: compute every table again even when data/ has it
 weights_only = False  # True: read only the weights used, a layer at a time (large models)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from mapslib.report import plots_salient
 from mapslib.book.display import open_chapter
+from mapslib.foundation.settings import MapSettings
+from mapslib.report import plots_salient
 from mapslib.salient.globality import (
     default_sample,
     head_globality,
@@ -60,6 +61,7 @@ from mapslib.salient.globality import (
 from mapslib.salient.saliency import saliency_scores
 
 lm, hw, name = open_chapter(model, device, weights_only)
+settings = MapSettings.from_parameters(**map_settings)
 
 # %% [markdown]
 # ## Exact or sampled
@@ -94,14 +96,14 @@ print(
 )
 
 # %%
-sal = saliency_scores(hw, embedding=embedding)
+sal = saliency_scores(hw, settings=settings)
 space = run_output_space(
     lm,
     out_dir,
     sample=n_sources,
     seed=seed,
     groups=groups,
-    embedding=embedding,
+    settings=settings,
     recompute=recompute,
 )
 table = head_globality(hw, sal, space)

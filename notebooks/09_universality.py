@@ -40,7 +40,7 @@ book_dir = None  # None: this repository's book/; or the path of another book fo
 models = None  # None: every model whose part has a relation map; or a list of model folder names
 out_dir = "data"  # where this chapter's tables are written (relative to the executed notebook)
 reading = "paper"  # the relation map each model is read with: paper | raw | mlp0-residual | best
-tau = None  # None: the protocol's threshold (mapslib.relation_map.scores.TAU)
+tau = None  # the score at which a head implements a relation; None: MapSettings' default
 permutations = 2000  # random placements in the kv-group test
 seed = 0
 
@@ -48,16 +48,15 @@ seed = 0
 # NBVAL_IGNORE_OUTPUT
 from IPython.display import Markdown
 
-from mapslib.relation_map.scores import TAU
+from mapslib.book.display import notebook_setup
+from mapslib.crossmodel import claims, plots
 from mapslib.crossmodel import parts as bp
-from mapslib.crossmodel import claims
-from mapslib.crossmodel import plots
 from mapslib.crossmodel import universality as u
 from mapslib.crossmodel import universality_behaviour as ub
-from mapslib.book.display import notebook_setup
+from mapslib.foundation.settings import MapSettings
 
 notebook_setup()
-tau = TAU if tau is None else tau
+tau = MapSettings.from_parameters(tau=tau).tau
 parts = bp.model_parts(book_dir, models)
 names = [p.name for p in parts]
 print(f"{len(parts)} models: {', '.join(names)}")

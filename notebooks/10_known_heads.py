@@ -72,7 +72,7 @@ n_prompts = 300  # IOI prompts, drawn with `seed`
 seed = 0
 known_heads = None  # None: the IOI paper's heads for GPT-2 small, else the heads found here; or a
 # dict such as {"name mover": ["9.9", "10.0"], "negative name mover": ["10.7"]}
-embedding = "paper"  # E_in of the static scores (chapter 02): paper | raw | mlp0-residual
+map_settings = {}  # map choices to change, e.g. {"embedding": "raw", "k": 5}; {}: MapSettings' defaults
 recompute = False  # True: compute every table again even when data/ has it
 
 # %%
@@ -93,13 +93,15 @@ from mapslib.behaviour.known_heads import (
     recognition,
     run_known_heads,
 )
+from mapslib.book.display import open_chapter
+from mapslib.foundation.settings import MapSettings
 from mapslib.foundation.tokens import token_texts
 from mapslib.relation_map.relations import load_relations
-from mapslib.relation_map.scores import TAU, run_relation_map
+from mapslib.relation_map.scores import run_relation_map
 from mapslib.report import plots_known_heads
-from mapslib.book.display import open_chapter
 
 lm, hw, name = open_chapter(model, device)
+settings = MapSettings.from_parameters(**map_settings)
 
 # %% [markdown]
 # ## Prompts
@@ -125,18 +127,18 @@ print(" | ".join(token_texts(lm.tokenizer, examples[0].ids)))
 # MAPS's name-copying scores come from chapter 02's relation map (the same call and parameters, so
 # the table in `data/` is shared). A head implements name copying when its score is at least
 # $\tau$. Where no head reaches $\tau$, MAPS (under this reading of $E_\text{in}$) sees no
-# name-copying head at all, and the comparison below can only record that; the `embedding`
-# parameter re-reads the map with another $E_\text{in}$ (chapter 02 compares them, chapter 04 asks
+# name-copying head at all, and the comparison below can only record that; the `map_settings`
+# parameter (e.g. `{"embedding": "raw"}`) re-reads the map with another $E_\text{in}$ (chapter 02 compares them, chapter 04 asks
 # which one the forward pass agrees with).
 
 # %%
-static = run_relation_map(lm, load_relations(), out_dir, embedding=embedding, recompute=recompute)
+static = run_relation_map(lm, load_relations(), out_dir, settings=settings, recompute=recompute)
 nc = static[static["relation"] == "name_copying"]
 for mode in ("promote", "suppress"):
     d = nc[nc["mode"] == mode]
     top = d.loc[d["score"].idxmax()]
     print(
-        f"name copying, {mode}: {int((d['score'] >= TAU).sum())} heads with score >= tau = {TAU}; "
+        f"name copying, {mode}: {int((d['score'] >= settings.tau).sum())} heads with score >= tau = {settings.tau}; "
         f"highest {top['score']:.3f} ({int(top['layer'])}.{int(top['head'])})"
     )
 
@@ -148,7 +150,9 @@ for mode in ("promote", "suppress"):
 # attention to IO and S, the role the rule gives it, and its static name-copying scores.
 
 # %%
-table = run_known_heads(lm, static, out_dir, n_prompts=n_prompts, seed=seed, recompute=recompute)
+table = run_known_heads(
+    lm, static, out_dir, n_prompts=n_prompts, seed=seed, settings=settings, recompute=recompute
+)
 sidecar = table.attrs["sidecar"]
 print(json.dumps(PROTOCOL["roles"], indent=1))
 print(json.dumps(sidecar["summary"], indent=1))
@@ -179,7 +183,7 @@ if given is None:
         r: list(found[found["role"] == r].index) for r in ("name mover", "negative name mover")
     }
 given_heads = parse_known_heads(given, hw)
-fig = plots_known_heads.effect_vs_static(table, name, TAU, given_heads)
+fig = plots_known_heads.effect_vs_static(table, name, settings.tau, given_heads)
 
 # %%
 fig = plots_known_heads.effect_grid(table, name)
@@ -237,7 +241,7 @@ print("\n".join(known_findings(known)))
 # Printed from the tables above, for this model and these prompts.
 
 # %%
-print("\n".join(findings(table, sidecar["summary"], TAU)))
+print("\n".join(findings(table, sidecar["summary"], settings.tau)))
 
 # %% [markdown]
 # ## Reading the results

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from mapslib.behaviour.correlation import sample_indices
 from mapslib.errors import BadArgument
 from mapslib.foundation.adapters import HeadWeights
-from mapslib.foundation.cache import Computed, cached_table, table_path
+from mapslib.foundation.cache import run_cached
 from mapslib.foundation.heads import Head, head_name
 from mapslib.foundation.hooks import (
     ablate_last,
@@ -53,6 +53,7 @@ from mapslib.foundation.hooks import (
     select_rows,
 )
 from mapslib.foundation.models import LoadedModel
+from mapslib.foundation.settings import DEFAULTS, MapSettings
 from mapslib.relation_map.relations import Relation, TokenizedRelation, label_of, scorable
 
 TASK_PROMPTS: dict[str, str] = {
@@ -434,30 +435,29 @@ def run_ablation(
     step: int = 5,
     seed: int = 0,
     batch_rows: int = 256,
-    static_source: str = "computed (PROTOCOL.md defaults)",
+    static_source: str = "computed with the default map settings",
+    settings: MapSettings = DEFAULTS,
     recompute: bool = False,
     header: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
     """The ablation experiment (ABLATION_COLUMNS) cached at `out` (.csv or folder; None: not written).
 
-    `static` holds the static scores the relation heads are chosen from; `static_source` says where
-    they came from, for the sidecar. The per-relation summary is recorded there too.
+    `static` holds the static scores the relation heads are chosen from (made with `settings`);
+    `static_source` says where they came from, for the sidecar. The per-relation summary is
+    recorded there too.
     """
     check_task_relations(relations)
-    tokenized = scorable(relations, lm.tokenizer)
-    params = {
-        "model": lm.info(),
-        "relations": [t.relation.sha256 for t in tokenized],
-        "static": static_source,
-        "max_prompts": max_prompts,
-        "random_draws": random_draws,
-        "step": step,
-        "seed": seed,
-    }
-
-    def compute() -> Computed:
-        df = ablation_experiment(
+    tokenized = scorable(relations, lm.tokenizer, settings.min_pairs)
+    params = {"relations": [t.relation.sha256 for t in tokenized], "static": static_source}
+    params |= {"max_prompts": max_prompts, "random_draws": random_draws, "step": step, "seed": seed}
+    params |= settings.changed("embedding", "k", "min_pairs", "bias", "norms")  # made `static`
+    return run_cached(
+        lm,
+        out,
+        "ablation.csv",
+        params,
+        lambda: ablation_experiment(
             lm.hw,
             lm.tokenizer,
             tokenized,
@@ -468,14 +468,17 @@ def run_ablation(
             step=step,
             batch_rows=batch_rows,
             progress=progress,
-        )
-        summ = ablation_summary(df)
-        found = {"model": lm.info(), "static": static_source, "summary": _records(summ)}
-        return df, found | {"task_prompts": {t.name: TASK_PROMPTS[t.name] for t in tokenized}}
-
-    path = None if out is None else table_path(out, "ablation.csv")
-    return cached_table(
-        path, params, compute, recompute=recompute, protocol=PROTOCOL, header=header, step="ablate"
+        ),
+        found=lambda table: {
+            "static": static_source,
+            "summary": _records(ablation_summary(table)),
+            "task_prompts": {t.name: TASK_PROMPTS[t.name] for t in tokenized},
+        },
+        settings=settings,
+        recompute=recompute,
+        protocol=PROTOCOL,
+        header=header,
+        step="ablate",
     )
 
 

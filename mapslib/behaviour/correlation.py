@@ -35,11 +35,12 @@ from torch import Tensor
 
 from mapslib.errors import BadArgument
 from mapslib.foundation.adapters import HeadWeights
-from mapslib.foundation.cache import Computed, cached_table, table_path
+from mapslib.foundation.cache import run_cached
 from mapslib.foundation.heads import head_factors, value_factors
 from mapslib.foundation.hooks import capture_last, common_prefix, extend, prefill, select_rows
 from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside_many
 from mapslib.foundation.models import LoadedModel
+from mapslib.foundation.settings import DEFAULTS, MapSettings
 from mapslib.foundation.tokens import token_texts
 from mapslib.relation_map.relations import (
     REGISTRY,
@@ -48,7 +49,7 @@ from mapslib.relation_map.relations import (
     category_of,
     scorable,
 )
-from mapslib.relation_map.scores import MODES, TAU, relation_k
+from mapslib.relation_map.scores import MODES, relation_k
 
 TEMPLATES: tuple[str, ...] = (
     "This is a document about <X>",
@@ -118,15 +119,19 @@ def correlation_rows(
     vocab_size: int,
     max_pairs: int | None = None,
     seed: int = 0,
+    k: int | None = None,
 ) -> pd.DataFrame:
-    """One row per relation, template and pair: the prompt, the target token and the relation's k."""
+    """One row per relation, template and pair: the prompt, the target token and the relation's k
+    (`k`: the settings' override, else the protocol's rule, as the static score)."""
     rows = []
     for rel in relations:
-        k = relation_k(rel, vocab_size)
+        k_rel = relation_k(rel, vocab_size, k)
         for i in sample_indices(len(rel), max_pairs, seed):
             src, _ = rel.pairs[i]
             for t in templates:
-                rows.append((rel.name, t, src, src_prompt(TEMPLATES[t], src), rel.dst_ids[i], k))
+                rows.append(
+                    (rel.name, t, src, src_prompt(TEMPLATES[t], src), rel.dst_ids[i], k_rel)
+                )
     return pd.DataFrame(rows, columns=["relation", "template", "src", "prompt", "target", "k"])
 
 
@@ -355,42 +360,36 @@ def run_dynamic_scores(
     max_pairs: int | None = None,
     seed: int = 0,
     batch_rows: int = 256,
+    settings: MapSettings = DEFAULTS,
     recompute: bool = False,
     header: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Dynamic scores of every head (DYNAMIC_COLUMNS) cached at `out` (.csv or folder; None: not written)."""
+    """Dynamic scores of every head (DYNAMIC_COLUMNS) cached at `out` (.csv or folder; None: not
+    written). Of the map settings only `k` and `min_pairs` reach them: E_in, biases and norms are
+    the forward pass's own."""
     chosen = parse_templates(templates)
-    tokenized = scorable(relations, lm.tokenizer)
-    params = {
-        "model": lm.info(),
-        "relations": [r.sha256 for r in relations],
-        "templates": chosen,
-        "max_pairs": max_pairs,
-        "seed": seed,
-    }
-
-    def compute() -> Computed:
-        stats = KernelStats()
-        rows = correlation_rows(tokenized, chosen, lm.hw.vocab_size, max_pairs, seed)
-        df = dynamic_scores(
+    tokenized = scorable(relations, lm.tokenizer, settings.min_pairs)
+    params = {"relations": [r.sha256 for r in relations], "templates": chosen}
+    params |= {"max_pairs": max_pairs, "seed": seed} | settings.changed("k", "min_pairs")
+    stats = KernelStats()
+    rows = correlation_rows(tokenized, chosen, lm.hw.vocab_size, max_pairs, seed, settings.k)
+    return run_cached(
+        lm,
+        out,
+        "dynamic_scores.csv",
+        params,
+        lambda: dynamic_scores(
             lm.hw, lm.tokenizer, rows, batch_rows=batch_rows, progress=progress, stats=stats
-        )
-        found = {
-            "model": lm.info(),
+        ),
+        found=lambda _: {
             "templates": {i: TEMPLATES[i] for i in chosen},
             "relations": [
                 {"name": t.name, "sha256": t.relation.sha256, "pairs": len(t)} for t in tokenized
             ],
             "kernel": asdict(stats),
-        }
-        return df, found
-
-    path = None if out is None else table_path(out, "dynamic_scores.csv")
-    return cached_table(
-        path,
-        params,
-        compute,
+        },
+        settings=settings,
         recompute=recompute,
         protocol=PROTOCOL,
         header=header,
@@ -408,7 +407,7 @@ def prompt_examples(rows: pd.DataFrame, tokenizer: Any) -> pd.DataFrame:
     return example.set_index("template")
 
 
-def median_r_by_reach(corr: pd.DataFrame, tau: float = TAU) -> pd.DataFrame:
+def median_r_by_reach(corr: pd.DataFrame, tau: float = DEFAULTS.tau) -> pd.DataFrame:
     """Median promotion r per setting over all relations, those some head implements (max static
     score >= tau) and those none does: low r comes with relations no head implements."""
     promote = corr[corr["mode"] == "promote"].pivot_table(

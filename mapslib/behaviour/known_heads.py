@@ -44,11 +44,11 @@ from mapslib.behaviour.direct_effect import IOIStates, direct_effects, final_sof
 from mapslib.behaviour.ioi import IOIData, ioi_prompts, load_ioi_data, locate, single_token_names
 from mapslib.errors import BadArgument
 from mapslib.foundation.adapters import HeadWeights
-from mapslib.foundation.cache import Computed, cached_table, table_path
+from mapslib.foundation.cache import run_cached
 from mapslib.foundation.heads import Head, head_name, parse_head
 from mapslib.foundation.io import sha256_text
 from mapslib.foundation.models import LoadedModel
-from mapslib.relation_map.scores import TAU
+from mapslib.foundation.settings import DEFAULTS, MapSettings
 
 RELATION = "name_copying"
 ROBUST_Z = 3.0  # |robust z| of a head's mean direct effect for a large effect
@@ -106,7 +106,7 @@ PROTOCOL = {
         "S suppressor": "large, effect > 0, attends to S",
         "other large effect": "large, attends to neither",
     },
-    "maps": f"name_copying score >= tau = {TAU} on the role's side: promote for name movers and S "
+    "maps": f"name_copying score >= tau = {DEFAULTS.tau} on the role's side: promote for name movers and S "
     "movers, suppress for negative name movers and S suppressors",
     "agreement": "Spearman rho: heads with mean effect > 0, effect vs promote score; heads with "
     "mean effect < 0, -effect vs suppress score",
@@ -171,7 +171,11 @@ def static_digest(static: pd.DataFrame) -> str:
 
 
 def head_table(
-    hw: HeadWeights, states: IOIStates, effects: Tensor, static: pd.DataFrame, tau: float = TAU
+    hw: HeadWeights,
+    states: IOIStates,
+    effects: Tensor,
+    static: pd.DataFrame,
+    tau: float = DEFAULTS.tau,
 ) -> pd.DataFrame:
     """One row per head: mean direct effect (and its sd over prompts), robust z, attention to IO and
     S, role by behaviour, the static name-copying scores and whether MAPS puts them over tau."""
@@ -223,47 +227,49 @@ def run_known_heads(
     seed: int = 0,
     data: IOIData | None = None,
     batch_rows: int = 64,
+    settings: MapSettings = DEFAULTS,
     recompute: bool = False,
     header: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Per head (HEAD_COLUMNS): direct effect on IOI, attention, role, static name-copying scores;
-    cached at `out` (a .csv, or a folder for `known_heads.csv`; None: not written)."""
+    """Per head (HEAD_COLUMNS): direct effect on IOI, attention, role, static name-copying scores
+    (made with `settings`; a head is over `settings.tau` or not); cached at `out` (a .csv, or a
+    folder for `known_heads.csv`; None: not written)."""
     data = load_ioi_data() if data is None else data
     hw = lm.hw
     names = single_token_names(lm.tokenizer, data.names)
     static_name_copying(static, hw.n_layers, hw.n_heads)  # fails before any forward pass
-    params = {
-        "model": lm.info(),
-        "ioi_data": data.sha256,
-        "static_name_copying": static_digest(static),
-        "n_prompts": n_prompts,
-        "seed": seed,
-        "rule": {
-            "robust_z": ROBUST_Z,
-            "min_share": MIN_SHARE,
-            "min_attention": MIN_ATTENTION,
-            "tau": TAU,
-        },
-    }
+    rule = {"robust_z": ROBUST_Z, "min_share": MIN_SHARE, "min_attention": MIN_ATTENTION}
+    params = {"ioi_data": data.sha256, "static_name_copying": static_digest(static)}
+    params |= {"n_prompts": n_prompts, "seed": seed, "rule": rule | {"tau": settings.tau}}
+    located, dropped = locate(lm.tokenizer, ioi_prompts(data, names, n_prompts, seed))
+    found: dict[str, Any] = {}
 
-    def compute() -> Computed:
-        located, dropped = locate(lm.tokenizer, ioi_prompts(data, names, n_prompts, seed))
+    def table() -> pd.DataFrame:
         states = ioi_states(hw, located, batch_rows, progress)
         effects = direct_effects(hw, states)
-        df = head_table(hw, states, effects, static)
-        found = {
-            "model": lm.info(),
-            "summary": run_summary(states, effects, dropped, names),
-            "final_logit_softcapping": final_softcap(hw),
-            "names_dropped": sorted(set(data.names) - set(names)),
-            "example_prompt": located[0].prompt.text if located else None,
-        }
-        return df, found
+        found["summary"] = run_summary(states, effects, dropped, names)
+        return head_table(hw, states, effects, static, settings.tau)
 
-    path = None if out is None else table_path(out, "known_heads.csv")
-    return cached_table(
-        path, params, compute, recompute=recompute, protocol=PROTOCOL, header=header, step="ioi"
+    return run_cached(
+        lm,
+        out,
+        "known_heads.csv",
+        params,
+        table,
+        found=lambda _: (
+            found
+            | {
+                "final_logit_softcapping": final_softcap(hw),
+                "names_dropped": sorted(set(data.names) - set(names)),
+                "example_prompt": located[0].prompt.text if located else None,
+            }
+        ),
+        settings=settings,
+        recompute=recompute,
+        protocol=PROTOCOL,
+        header=header,
+        step="ioi",
     )
 
 
@@ -406,7 +412,7 @@ def _describe(r: pd.Series) -> str:
     )
 
 
-def findings(table: pd.DataFrame, summary: dict[str, Any], tau: float = TAU) -> list[str]:
+def findings(table: pd.DataFrame, summary: dict[str, Any], tau: float = DEFAULTS.tau) -> list[str]:
     """What this run shows, in sentences built from the table and the run's summary (for the
     chapter: its prose states no number of its own)."""
     lines = [

@@ -31,8 +31,9 @@ from mapslib.behaviour.correlation import (
     src_prompt,
 )
 from mapslib.foundation.adapters import HeadWeights
-from mapslib.foundation.cache import Computed, cached_table, table_path
+from mapslib.foundation.cache import run_cached
 from mapslib.foundation.models import LoadedModel
+from mapslib.foundation.settings import DEFAULTS, MapSettings
 from mapslib.foundation.tokens import token_texts
 from mapslib.relation_map.relations import Relation, TokenizedRelation, scorable
 
@@ -122,8 +123,10 @@ def multi_token_experiment(
     max_pairs: int | None = None,
     seed: int = 0,
     batch_rows: int = 256,
+    k: int | None = None,
 ) -> pd.DataFrame:
-    """r (static vs dynamic) on multi-token sources beside r on single-token sources, same template.
+    """r (static vs dynamic) on multi-token sources beside r on single-token sources, same template;
+    `k` is the static scores' (None: the protocol's rule).
 
     One row per relation, mode and setting: r and p for single and multi-token pairs, their numbers of
     pairs, and the difference multi - single.
@@ -132,7 +135,7 @@ def multi_token_experiment(
     single = [s for s in single if s.name in names]
     frames = {}
     for kind, rels in (("single", single), ("multi", multi)):
-        rows = correlation_rows(rels, [TEMPLATE], hw.vocab_size, max_pairs, seed)
+        rows = correlation_rows(rels, [TEMPLATE], hw.vocab_size, max_pairs, seed, k)
         dyn = dynamic_scores(hw, tokenizer, rows, batch_rows=batch_rows)
         corr = correlations(static, dyn)
         pairs = dyn.groupby("relation")["n_pairs"].first()
@@ -153,28 +156,34 @@ def run_multi_token(
     static: pd.DataFrame,
     out: str | Path | None,
     *,
-    static_source: str = "computed (PROTOCOL.md defaults)",
+    static_source: str = "computed with the default map settings",
     max_pairs: int | None = None,
     seed: int = 0,
     batch_rows: int = 256,
+    settings: MapSettings = DEFAULTS,
     recompute: bool = False,
     header: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """`multi_token_experiment` on the relations the rule keeps, cached at `out` (.csv or folder)."""
-    single = scorable(relations, lm.tokenizer)
+    """`multi_token_experiment` on the relations the rule keeps, cached at `out` (.csv or folder);
+    `static` was made with `settings`."""
+    single = scorable(relations, lm.tokenizer, settings.min_pairs)
     multi = multi_token_relations(relations, lm.tokenizer, single)
-    params = {
-        "model": lm.info(),
-        "relations": [r.sha256 for r in relations],
-        "static": static_source,
-        "template": TEMPLATE,
-        "min_multi_pairs": MIN_MULTI_PAIRS,
-        "max_pairs": max_pairs,
-        "seed": seed,
+    params = {"relations": [r.sha256 for r in relations], "static": static_source}
+    params |= {"template": TEMPLATE, "min_multi_pairs": MIN_MULTI_PAIRS}
+    params |= {"max_pairs": max_pairs, "seed": seed} | settings.changed(
+        "embedding", "k", "min_pairs", "bias", "norms"
+    )
+    protocol = {
+        "rule": f">= {MIN_MULTI_PAIRS} pairs with a multi-token src and a single-token dst, and "
+        "a single-token static score",
+        "template": TEMPLATES[TEMPLATE],
     }
-
-    def compute() -> Computed:
-        df = multi_token_experiment(
+    return run_cached(
+        lm,
+        out,
+        "multi_token.csv",
+        params,
+        lambda: multi_token_experiment(
             lm.hw,
             lm.tokenizer,
             multi,
@@ -183,17 +192,13 @@ def run_multi_token(
             max_pairs=max_pairs,
             seed=seed,
             batch_rows=batch_rows,
-        )
-        return df, {"model": lm.info(), "multi_token_pairs": {m.name: len(m) for m in multi}}
-
-    protocol = {
-        "rule": f">= {MIN_MULTI_PAIRS} pairs with a multi-token src and a single-token dst, and "
-        "a single-token static score",
-        "template": TEMPLATES[TEMPLATE],
-    }
-    path = None if out is None else table_path(out, "multi_token.csv")
-    return cached_table(
-        path, params, compute, recompute=recompute, protocol=protocol, header=header
+            k=settings.k,
+        ),
+        found={"multi_token_pairs": {m.name: len(m) for m in multi}},
+        settings=settings,
+        recompute=recompute,
+        protocol=protocol,
+        header=header,
     )
 
 

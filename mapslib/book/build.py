@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mapslib.book.intro import write_intro
 from mapslib.errors import BadArgument, MapsError
 from mapslib.foundation.io import write_text
 from mapslib.foundation.models import ALIASES, DEFAULT_MODEL, model_slug
@@ -220,7 +221,7 @@ def run_book(
     if book_level:
         run_cross_model(book_level, log=log)
     write_toc()
-    return build_html() if build else None
+    return render_book(log=log) if build else None
 
 
 def write_model_index(model: str, book: Path = BOOK) -> Path:
@@ -243,10 +244,22 @@ def write_model_index(model: str, book: Path = BOOK) -> Path:
         "`data/` beside the notebooks, each with a JSON of the parameters, model revision and versions "
         "that made it.\n\n"
         f"{pending}"
+        f"{atlas_text(model, slug)}"
         "Regenerate this part with:\n\n"
         f"```bash\n{regenerate_command(model, book / 'models' / slug)}\n```\n"
     )
     return write_text(book / "models" / slug / "index.md", text)
+
+
+def atlas_text(model: str, slug: str) -> str:
+    """The index's link to the part's head atlas, which render_book writes beside the chapters
+    (`_build/html/atlas/<model>/`; this page is `_build/html/book/models/<model>/index.html`)."""
+    return (
+        f'**<a href="../../../atlas/{slug}/index.html">The head atlas</a>**: every head of this '
+        "model on one page, with a card per head that gathers what the chapters below measured "
+        f"(written with the HTML book; `python -m mapslib atlas --model {model} --out DIR` writes "
+        "it anywhere).\n\n"
+    )
 
 
 def regenerate_command(model: str, folder: Path) -> str:
@@ -320,6 +333,7 @@ def toc_text(root: Path = ROOT) -> str:
 
 def write_toc(root: Path = ROOT) -> Path:
     """Regenerate `_toc.yml` from the models and chapters present in `root/book/models`."""
+    write_intro(root / "book", chapters(), book_chapters())  # its list of parts, from the parts
     return write_text(root / "_toc.yml", toc_text(root))
 
 
@@ -328,6 +342,17 @@ def build_html(root: Path = ROOT) -> Path:
     exe = shutil.which("jupyter-book") or str(Path(sys.executable).parent / "jupyter-book")
     subprocess.run([exe, "build", str(root), "--warningiserror", "--keep-going"], check=True)
     return root / "_build" / "html" / "index.html"
+
+
+def render_book(root: Path = ROOT, log: Callable[[str], None] = logger.info) -> Path:
+    """The HTML book from the notebooks already executed into `root/book` (nothing is run): the
+    jupyter-book build, then one head atlas per model part at `_build/html/atlas/<model>/`."""
+    from mapslib.book.atlas import write_atlases
+
+    index = build_html(root)
+    for page in write_atlases(root / "book", index.parent):
+        log(f"atlas: {page}")
+    return index
 
 
 def parse_parameters(pairs: list[str] | None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Any
 
-from mapslib.cli import behaviour, book, maps
+from mapslib.cli import atlas, behaviour, book, heads, maps
 from mapslib.cli.common import COMMANDS
 from mapslib.errors import MapsError
 
@@ -26,6 +26,8 @@ PARSERS = [
     behaviour.correlate_parser,
     behaviour.ablate_parser,
     behaviour.known_heads_parser,
+    atlas.atlas_parser,
+    heads.heads_parser,
 ]
 
 

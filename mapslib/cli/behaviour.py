@@ -17,6 +17,8 @@ from mapslib.cli.common import (
     positive_or_all,
     progress,
     relations_arg,
+    settings_args,
+    settings_from,
 )
 
 # --- correlate / ablate --------------------------------------------------------------------------
@@ -39,6 +41,7 @@ def behaviour_args(p: argparse.ArgumentParser, default_relations: str) -> None:
     p.add_argument(
         "--batch-rows", type=int, default=256, help="rows per forward pass (default: 256)"
     )
+    settings_args(p)
     p.add_argument("--out", required=True, help="output CSV; parameters go to OUT.json")
 
 
@@ -73,12 +76,13 @@ def cmd_correlate(args: argparse.Namespace) -> None:
     from mapslib.relation_map.scores import static_scores
 
     out = check_out(args.out, (".csv",))
+    settings = settings_from(args)
     dyn_out = check_out(args.dynamic_out, (".csv",), "--dynamic-out")
     parse_templates(args.templates)  # the syntax, before the slow model load
     check_static(args.static)
     relations = load_relations(args.relations)
     lm, t_load = load(args)
-    static = static_scores(lm, relations, args.static, progress=progress())
+    static = static_scores(lm, relations, args.static, settings=settings, progress=progress())
     dynamic = run_dynamic_scores(
         lm,
         relations,
@@ -87,6 +91,7 @@ def cmd_correlate(args: argparse.Namespace) -> None:
         max_pairs=args.max_pairs,
         seed=args.seed,
         batch_rows=args.batch_rows,
+        settings=settings,
         recompute=True,
         header=header(args, t_load),
         progress=progress(),
@@ -131,12 +136,13 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     from mapslib.relation_map.scores import static_scores
 
     out = check_out(args.out, (".csv",))
+    settings = settings_from(args)
     check_positive(args, "random_draws", "step")
     relations = load_relations(args.relations or list(TASK_PROMPTS))
     check_task_relations(relations)
     check_static(args.static)
     lm, t_load = load(args)
-    static = static_scores(lm, relations, args.static, progress=progress())
+    static = static_scores(lm, relations, args.static, settings=settings, progress=progress())
     df = run_ablation(
         lm,
         relations,
@@ -148,6 +154,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
         seed=args.seed,
         batch_rows=args.batch_rows,
         static_source=static.attrs["source"],
+        settings=settings,
         recompute=True,
         header=header(args, t_load),
         progress=progress(),
@@ -177,6 +184,7 @@ def known_heads_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-rows", type=int, default=64, help="prompts per forward pass (default: 64)"
     )
+    settings_args(p)
     p.add_argument("--out", required=True, help="output CSV; parameters go to OUT.json")
 
 
@@ -188,10 +196,13 @@ def cmd_known_heads(args: argparse.Namespace) -> None:
     from mapslib.relation_map.scores import static_scores
 
     out = check_out(args.out, (".csv",))
+    settings = settings_from(args)
     check_positive(args, "n_prompts", "batch_rows")
     check_static(args.static)
     lm, t_load = load(args)
-    static = static_scores(lm, load_relations(["name_copying"]), args.static, progress=progress())
+    static = static_scores(
+        lm, load_relations(["name_copying"]), args.static, settings=settings, progress=progress()
+    )
     df = run_known_heads(
         lm,
         static,
@@ -199,6 +210,7 @@ def cmd_known_heads(args: argparse.Namespace) -> None:
         n_prompts=args.n_prompts,
         seed=args.seed,
         batch_rows=args.batch_rows,
+        settings=settings,
         recompute=True,
         header=header(args, t_load),
         progress=progress(),

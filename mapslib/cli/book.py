@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mapslib.cli.common import command, log
+from mapslib.errors import BadArgument
 from mapslib.foundation.models import DEFAULT_MODEL
 
 # --- book ----------------------------------------------------------------------------------------
@@ -30,6 +31,12 @@ def book_parser(sub: argparse._SubParsersAction) -> None:
         "--no-build", action="store_true", help="run the chapters but do not build the HTML"
     )
     p.add_argument(
+        "--no-execute",
+        action="store_true",
+        help="run nothing: build the HTML book (and a head atlas per part) from the notebooks "
+        "already executed into book/, as the publishing workflow does",
+    )
+    p.add_argument(
         "--fresh",
         action="store_true",
         help="remove the model's cached tables (its data/ folder) first, so every table is recomputed",
@@ -47,6 +54,11 @@ def cmd_book(args: argparse.Namespace) -> None:
     """Execute the chapters into book/models/<model>/, regenerate _toc.yml, build _build/html."""
     from mapslib.book import build as book
 
+    if args.no_execute:
+        if args.no_build or args.fresh or args.chapters:
+            raise BadArgument("--no-execute only renders: drop --no-build, --fresh and --chapters")
+        log(f"book built: {book.render_book(log=log)}")
+        return
     params = {"device": args.device} | book.parse_parameters(args.parameter)
     if args.weights_only:
         params["weights_only"] = True

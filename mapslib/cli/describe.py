@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from mapslib.cli.common import log
+from mapslib.cli.common import log, settings_from
 from mapslib.errors import BadArgument
 
 
@@ -153,7 +153,7 @@ def describe_with(
     )
     log(f"{desc.attrs['note']} Wrote {desc_out}")
     if args.judge:
-        items = judge_items(lm.hw, lm.tokenizer, salient, setup, embedding=args.embedding)
+        items = judge_items(lm.hw, lm.tokenizer, salient, setup, settings_from(args))
         judged_out = out.with_name(out.stem + ".judgements.csv")
         judged = run_judgement(items, desc, describer, judged_out, setup=setup, progress=True)
         own = judged[~judged["control"]]["correct"].dropna()

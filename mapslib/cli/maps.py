@@ -45,7 +45,7 @@ def cmd_relations(args: argparse.Namespace) -> None:
     from mapslib.relation_map.scores import run_relation_map
 
     out = check_out(args.out, (".csv",))
-    check_positive(args, "k", "min_pairs")
+    settings = settings_from(args)
     relations = load_relations(args.relations)  # bad files fail before the slow model load
     lm, t_load = load(args)
     df = run_relation_map(
@@ -53,10 +53,7 @@ def cmd_relations(args: argparse.Namespace) -> None:
         relations,
         out,
         layers=parse_layers(args.layers, lm.hw.n_layers),
-        k=args.k,
-        embedding=args.embedding,
-        bias=args.bias,
-        min_pairs=args.min_pairs,
+        settings=settings,
         recompute=True,
         header=header(args, t_load),
         progress=progress(),
@@ -115,6 +112,7 @@ def cmd_salient(args: argparse.Namespace) -> None:
 
     out = check_out(args.out, (".json", ".csv"))
     check_positive(args, "top_tokens", "top_mappings")
+    settings = settings_from(args)
     specs = [s for s in (args.heads or "").split(",") if s.strip()]
     for spec in specs:  # the syntax, before the slow model load
         parse_head(spec)
@@ -133,7 +131,7 @@ def cmd_salient(args: argparse.Namespace) -> None:
         top_tokens=args.top_tokens + held_out,
         top_mappings=args.top_mappings,
         suppress=args.suppress,
-        embedding=args.embedding,
+        settings=settings,
         recompute=True,
         header=header(args, t_load),
         progress=progress(),

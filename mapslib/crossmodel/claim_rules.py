@@ -10,16 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from mapslib.behaviour.correlation import CLEAR_MARGIN
-from mapslib.report.reference import (
-    PAPER_MODEL_PARAMS,
-    PAPER_MULTI_CATEGORY_SHARE,
-    PAPER_SUPPRESSION_SHARE,
-)
 from mapslib.crossmodel.universality_behaviour import (
     ALPHA,
     CONTEXT_DROP,
     MIN_DRAWS_FOR_P,
     STRONG_R,
+)
+from mapslib.report.reference import (
+    PAPER_MODEL_PARAMS,
+    PAPER_MULTI_CATEGORY_SHARE,
+    PAPER_SUPPRESSION_SHARE,
 )
 
 # -- the rules the claims are judged by --------------------------------------------------------------

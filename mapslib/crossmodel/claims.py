@@ -17,16 +17,6 @@ import pandas as pd
 
 from mapslib.behaviour.correlation import CLEAR_MARGIN
 from mapslib.behaviour.known_heads import PREDICTED_SIDE, ROLES
-from mapslib.relation_map.relations import label_of
-from mapslib.relation_map.scores import TAU
-from mapslib.crossmodel.parts import (
-    DEFAULT_READING,
-    ModelPart,
-    median_r,
-    readings_for,
-    size_text,
-    sources,
-)
 from mapslib.crossmodel.claim_rules import (
     CLAIM_ORDER,
     CLAIM_RULES,
@@ -43,13 +33,13 @@ from mapslib.crossmodel.claim_rules import (
     range_verdict,
     share_verdict,
 )
-from mapslib.report.reference import (
-    GPT2_XL_MAX_SCORES,
-    PAPER_CLAIMS,
-    PAPER_MODEL_PARAMS,
-    PAPER_MULTI_CATEGORY_SHARE,
-    PAPER_RANDOM_BASELINE,
-    PAPER_SUPPRESSION_SHARE,
+from mapslib.crossmodel.parts import (
+    DEFAULT_READING,
+    ModelPart,
+    median_r,
+    readings_for,
+    size_text,
+    sources,
 )
 from mapslib.crossmodel.universality import (
     DEPTH_RULE,
@@ -67,6 +57,16 @@ from mapslib.crossmodel.universality_behaviour import (
     correlation_rules,
     paper_causal_rules,
     paper_correlation_frame,
+)
+from mapslib.foundation.settings import DEFAULTS
+from mapslib.relation_map.relations import label_of
+from mapslib.report.reference import (
+    GPT2_XL_MAX_SCORES,
+    PAPER_CLAIMS,
+    PAPER_MODEL_PARAMS,
+    PAPER_MULTI_CATEGORY_SHARE,
+    PAPER_RANDOM_BASELINE,
+    PAPER_SUPPRESSION_SHARE,
 )
 
 
@@ -415,7 +415,7 @@ def paper_evidence() -> dict[str, str]:
 def claim_checks(
     parts: list[ModelPart],
     reading: str | dict[str, str] = DEFAULT_READING,
-    tau: float = TAU,
+    tau: float = DEFAULTS.tau,
     permutations: int = 2000,
     seed: int = 0,
 ) -> pd.DataFrame:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from mapslib.behaviour.correlation import CLEAR_MARGIN, correlations_by_map
 from mapslib.errors import BadArgument
-from mapslib.foundation.embeddings import EMBEDDING_MODES
+from mapslib.foundation.settings import EMBEDDINGS
 
 T = TypeVar("T")
 BOOK = Path(__file__).resolve().parents[2] / "book"
@@ -108,7 +108,7 @@ class ModelPart:
                 continue
             label = map_label(p.get("embedding", DEFAULT_READING), p.get("bias"))
             found.setdefault(label, self.table(path.name))
-        order = [map_label(e, None) for e in EMBEDDING_MODES]
+        order = [map_label(e, None) for e in EMBEDDINGS]
         labels = sorted(found, key=lambda m: (m != DEFAULT_READING, m not in order, m))
         return {m: found[m] for m in labels}
 

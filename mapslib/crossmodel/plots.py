@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mapslib.relation_map.relations import label_of
-from mapslib.relation_map.scores import TAU
-from mapslib.report.reference import PAPER_SUPPRESSION_SHARE
 from mapslib.crossmodel.universality import registry_order
+from mapslib.foundation.settings import DEFAULTS
+from mapslib.relation_map.relations import label_of
+from mapslib.report.reference import PAPER_SUPPRESSION_SHARE
 
 MODEL_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3"]
 
@@ -29,7 +29,7 @@ def score_distributions(
     models: list[str],
     mode: str = "promote",
     relations: list[str] | None = None,
-    tau: float = TAU,
+    tau: float = DEFAULTS.tau,
     ncols: int = 4,
     seed: int = 0,
 ) -> Figure:

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+from mapslib.crossmodel.parts import DEFAULT_READING, ModelPart, readings_for
+from mapslib.foundation.settings import DEFAULTS
 from mapslib.relation_map import summary
 from mapslib.relation_map.baseline import baseline_table
 from mapslib.relation_map.relations import REGISTRY, category_of, label_of
-from mapslib.relation_map.scores import TAU
-from mapslib.crossmodel.parts import DEFAULT_READING, ModelPart, readings_for
 from mapslib.report.reference import (
     GPT2_XL_MAX_SCORES,
     PAPER_MODEL_PARAMS,
@@ -74,7 +74,7 @@ def max_scores(
     parts: list[ModelPart],
     mode: str = "promote",
     reading: str | dict[str, str] = DEFAULT_READING,
-    tau: float = TAU,
+    tau: float = DEFAULTS.tau,
 ) -> pd.DataFrame:
     """Per relation, the highest score any head of each model reaches (summary.relation_overview);
     where the paper quotes GPT-2 xl's maximum for the relation and mode, it sits in the last column.
@@ -103,7 +103,9 @@ def chance_levels(part: ModelPart, reading: str = DEFAULT_READING) -> pd.Series:
 
 
 def score_spread(
-    parts: list[ModelPart], reading: str | dict[str, str] = DEFAULT_READING, tau: float = TAU
+    parts: list[ModelPart],
+    reading: str | dict[str, str] = DEFAULT_READING,
+    tau: float = DEFAULTS.tau,
 ) -> pd.DataFrame:
     """Per model, relation and mode: the highest score, heads at or above tau, heads above chance
     but below tau, and whether the relation is implemented (max >= tau) and graded (claims rule)."""
@@ -143,7 +145,7 @@ def depth_third(rel_depth: Any) -> np.ndarray:
 
 
 def classified_heads(
-    part: ModelPart, reading: str = DEFAULT_READING, tau: float = TAU
+    part: ModelPart, reading: str = DEFAULT_READING, tau: float = DEFAULTS.tau
 ) -> pd.DataFrame:
     """summary.head_table of the part with each head's relative depth and third."""
     heads = summary.head_table(part.scores(reading), tau)
@@ -153,7 +155,9 @@ def classified_heads(
 
 
 def depth_table(
-    parts: list[ModelPart], reading: str | dict[str, str] = DEFAULT_READING, tau: float = TAU
+    parts: list[ModelPart],
+    reading: str | dict[str, str] = DEFAULT_READING,
+    tau: float = DEFAULTS.tau,
 ) -> pd.DataFrame:
     """Per model: classified heads in each third of the depth, the share in the upper two thirds
     against the share of all heads there, its one-sided binomial p, and the mean relative depth."""
@@ -182,7 +186,9 @@ def depth_table(
 
 
 def depth_by_category(
-    parts: list[ModelPart], reading: str | dict[str, str] = DEFAULT_READING, tau: float = TAU
+    parts: list[ModelPart],
+    reading: str | dict[str, str] = DEFAULT_READING,
+    tau: float = DEFAULTS.tau,
 ) -> pd.DataFrame:
     """Per model and category: heads implementing it and their mean relative depth."""
     readings = readings_for(parts, reading)
@@ -207,7 +213,7 @@ def depth_by_category(
 def depth_profile(
     parts: list[ModelPart],
     reading: str | dict[str, str] = DEFAULT_READING,
-    tau: float = TAU,
+    tau: float = DEFAULTS.tau,
     bins: int = 10,
 ) -> pd.DataFrame:
     """Share of each model's heads that are classified, per bin of relative depth (for the figure)."""
@@ -234,7 +240,9 @@ def depth_profile(
 
 # -- heads with several categories, heads that suppress ----------------------------------------------
 def head_shares(
-    parts: list[ModelPart], reading: str | dict[str, str] = DEFAULT_READING, tau: float = TAU
+    parts: list[ModelPart],
+    reading: str | dict[str, str] = DEFAULT_READING,
+    tau: float = DEFAULTS.tau,
 ) -> pd.DataFrame:
     """summary.overview per model (the chapter 02 numbers), with the paper's quoted shares below.
 
@@ -276,7 +284,7 @@ def group_sharing_test(
     scores: pd.DataFrame,
     n_heads: int,
     n_kv_heads: int,
-    tau: float = TAU,
+    tau: float = DEFAULTS.tau,
     permutations: int = 2000,
     seed: int = 0,
 ) -> dict[str, float]:
@@ -311,7 +319,7 @@ def group_sharing_test(
 def group_sharing_table(
     parts: list[ModelPart],
     reading: str | dict[str, str] = DEFAULT_READING,
-    tau: float = TAU,
+    tau: float = DEFAULTS.tau,
     permutations: int = 2000,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -346,7 +354,7 @@ def group_sharing_table(
 
 
 # -- random baseline --------------------------------------------------------------------------------
-def random_baseline_table(parts: list[ModelPart], tau: float = TAU) -> pd.DataFrame:
+def random_baseline_table(parts: list[ModelPart], tau: float = DEFAULTS.tau) -> pd.DataFrame:
     """Per model: random matrices and real heads over tau (baseline_table's totals, real heads from
     the map made with the baseline's reading), the best random score; the paper's counts below."""
     rows = []

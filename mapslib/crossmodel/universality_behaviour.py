@@ -14,8 +14,6 @@ import numpy as np
 import pandas as pd
 
 from mapslib.behaviour.ablation import SUMMARY_COLUMNS, ablation_summary, random_draws_table
-from mapslib.relation_map.relations import category_of, label_of
-from mapslib.relation_map.scores import TAU
 from mapslib.crossmodel.parts import (
     DEFAULT_READING,
     ModelPart,
@@ -23,9 +21,11 @@ from mapslib.crossmodel.parts import (
     reading_correlations,
     readings_for,
 )
+from mapslib.crossmodel.universality import registry_order
+from mapslib.foundation.settings import DEFAULTS
+from mapslib.relation_map.relations import category_of, label_of
 from mapslib.report.reference import PAPER_CAUSAL_PYTHIA12B, PAPER_CORRELATION_LLAMA31_8B
 from mapslib.report.tables import causal_beside_paper, correlation_beside_paper
-from mapslib.crossmodel.universality import registry_order
 
 ALPHA = 0.05  # significance level of the binomial, permutation and random-draw tests
 STRONG_R = 0.7  # "strong" correlation (the paper's lowest strong value is 0.71)
@@ -88,7 +88,7 @@ def correlation_frame(part: ModelPart, reading: str = DEFAULT_READING) -> pd.Dat
     )
 
 
-def correlation_rules(frame: pd.DataFrame, tau: float = TAU) -> dict[str, float]:
+def correlation_rules(frame: pd.DataFrame, tau: float = DEFAULTS.tau) -> dict[str, float]:
     """The correlation claims' counts on a `correlation_frame`: relations with r defined without
     context, those with r >= STRONG_R, those strong ones holding with context (r with context >=
     r without - CONTEXT_DROP), and the median r of relations some head implements and of the rest."""
@@ -121,7 +121,9 @@ def paper_correlation_frame() -> pd.DataFrame:
 
 
 def correlation_summary(
-    parts: list[ModelPart], reading: str | dict[str, str] = DEFAULT_READING, tau: float = TAU
+    parts: list[ModelPart],
+    reading: str | dict[str, str] = DEFAULT_READING,
+    tau: float = DEFAULTS.tau,
 ) -> pd.DataFrame:
     """`correlation_rules` per model and for the paper's Llama-3.1-8B (from its quoted table), with
     the share of strong relations and the share of those holding with context."""

@@ -13,6 +13,10 @@ TensorSource: a loaded model (`ModuleSource`) or a checkpoint on disk read tenso
 
 Grouped-query attention: query head h reads kv head h // (n_heads // n_kv_heads), the order of
 transformers' `repeat_interleave`. W_V is returned per kv head, so work on it is shared by its group.
+
+Norms: HeadWeights returns the weights as stored, without the norm weights the forward pass applies
+around them (the paper's reading, `norms="ignore"`); `with_norms("fold")` returns a view
+(`NormFolded`) whose W_V, b_V, W_O and b_O carry them, for every caller alike.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from mapslib.errors import BadArgument, UnsupportedArchitecture
+from mapslib.foundation.settings import NORMS
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,12 @@ class Family:
     final_norm: str = "model.norm"  # dotted path to the norm before the unembedding
     attn_out_norm: str | None = None  # attribute of a block: a norm on the attention output (Gemma)
     norm_unit_offset: bool = False  # its RMSNorms scale by (1 + weight), not weight (Gemma)
+    attn_norm: str = (
+        "input_layernorm"  # attribute of a block: the norm whose output feeds attention
+    )
+    layer_norm: bool = (
+        False  # its norms are LayerNorms (centre, then weight and bias), not RMSNorms
+    )
 
 
 _LLAMA_LIKE = Family(
@@ -84,6 +95,8 @@ FAMILIES: dict[str, Family] = {
         value="c_attn",
         conv1d=True,
         final_norm="transformer.ln_f",
+        attn_norm="ln_1",
+        layer_norm=True,
     ),
     "gpt_neox": Family(
         layers="gpt_neox.layers",
@@ -95,6 +108,7 @@ FAMILIES: dict[str, Family] = {
         qkv="neox",
         value="query_key_value",
         final_norm="gpt_neox.final_layer_norm",
+        layer_norm=True,
     ),
     # Phi-2: parallel block, one input norm feeds both attention and MLP.
     "phi": Family(
@@ -105,6 +119,7 @@ FAMILIES: dict[str, Family] = {
         mlp="mlp",
         mlp_norm="input_layernorm",
         final_norm="model.final_layernorm",
+        layer_norm=True,
     ),
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
@@ -225,7 +240,12 @@ class HeadWeights:
     tensor by tensor (`checkpoint.CheckpointSource`). Tensor names come from the Family's module
     paths, the same for both. The module accessors (`layers`, `attention`, `out_proj`,
     `embedding_module`, `model`) need a loaded model.
+
+    Norm weights are not in these tensors (`norms = "ignore"`, the paper's reading);
+    `with_norms("fold")` gives the same weights with them folded in (`NormFolded`).
     """
+
+    norms: str = "ignore"  # the norm convention of W_V, b_V, W_O, b_O (settings.NORMS)
 
     def __init__(self, source: nn.Module | TensorSource):
         self.source = source if isinstance(source, TensorSource) else ModuleSource(source)
@@ -288,6 +308,15 @@ class HeadWeights:
     def out_proj_path(self, layer: int) -> str:
         return f"{self.block_path(layer)}.{self.family.attn}.{self.family.out_proj}"
 
+    def attn_norm_path(self, layer: int) -> str:
+        """The norm whose output the attention of `layer` reads (`input_layernorm`, GPT-2's `ln_1`)."""
+        return f"{self.block_path(layer)}.{self.family.attn_norm}"
+
+    def attn_out_norm_path(self, layer: int) -> str | None:
+        """The norm on the attention output of `layer` (Gemma 2/3), or None where there is none."""
+        name = self.family.attn_out_norm
+        return None if name is None else f"{self.block_path(layer)}.{name}"
+
     # -- modules (also used for hooks; a loaded model only) ------------------------------------------
     @property
     def model(self) -> nn.Module:
@@ -324,6 +353,32 @@ class HeadWeights:
         """The norm on a block's attention output (Gemma 2/3), or None where it is added as is."""
         name = self.family.attn_out_norm
         return None if name is None else getattr(self.layers[layer], name)
+
+    # -- norms --------------------------------------------------------------------------------------
+    def norm_weight(self, path: str | None) -> Tensor | None:
+        """What the norm at module `path` multiplies each dimension by after dividing by its scale:
+        its weight, or 1 + weight in Gemma (Gemma3RMSNorm: `x_normed * (1.0 + weight)`); None for
+        no norm or no weight."""
+        w = None if path is None else self.source.get(f"{path}.weight")
+        if w is None:
+            return None
+        return 1.0 + w if self.family.norm_unit_offset else w
+
+    def norm_bias(self, path: str | None) -> Tensor | None:
+        """The bias a LayerNorm adds after its weight; None for RMSNorms (and bias-free norms)."""
+        return None if path is None else self.source.get(f"{path}.bias")
+
+    def with_norms(self, norms: str) -> HeadWeights:
+        """These weights under a norm convention (settings.NORMS): `ignore` (the paper's: no norm
+        weights) is this object; `fold` a NormFolded view on the same source, made once."""
+        if norms not in NORMS:
+            raise BadArgument(f"unknown norms {norms!r}; choose one of {', '.join(NORMS)}")
+        if norms == "ignore":
+            return self
+        folded = self.__dict__.get("_folded")
+        if folded is None:
+            folded = self.__dict__["_folded"] = NormFolded(self)
+        return folded
 
     # -- per-head weights -----------------------------------------------------------------------------
     def kv_head(self, head: int) -> int:
@@ -426,3 +481,104 @@ class HeadWeights:
     def mlp0(self, x: Tensor) -> Tensor:
         """What the first block's MLP writes on residual stream x, norms included, no residual."""
         return self.mlp0_function()(x)
+
+
+class NormFolded(HeadWeights):
+    """HeadWeights with every norm weight on a head's path to the logits folded into its factors
+    (`norms="fold"`): every caller reads the map the forward pass applies, at the same cost.
+
+    In the forward pass a head turns a residual row x into logits through three kinds of norm:
+    final_norm(post_norm(norm_in(x) W_V W_O)) U. Each divides its row by a positive scale, then
+    multiplies dimension i by a weight w_i (1 + w_i in Gemma), and a LayerNorm (GPT-2, GPT-NeoX,
+    Phi) first centres the row (C = I - 11^T / d, a projection) and ends by adding a bias. So the
+    map x W_V W_O U (`ignore`) becomes x W_V' W_O' U (`fold`), with
+
+        W_V' = C diag(w_in) W_V                 the layer's input norm: `input_layernorm`,
+                                                GPT-2's `ln_1` (C only in LayerNorm families);
+        W_O' = W_O diag(w_post) C diag(w_f)     Gemma 2/3's norm on the attention output
+                                                (`post_attention_layernorm`), then the final norm
+                                                (`model.norm`, `ln_f`, `final_layer_norm`,
+                                                `final_layernorm`; C only in LayerNorm families).
+
+    Both are d x d_head work per layer, done when W_V or W_O is asked for; the norm weights are
+    read once (d numbers each) and kept. The final norm sits on W_O's output side rather than on
+    U: exact by associativity (x W_V W_O diag(w_f) U), and free, where scaling U would make a
+    second |V| x d copy. So `unembedding` and the kernels are unchanged. Callers reading U without
+    W_O see the lm_head's U as it is (globality normalises its columns); behaviour.direct_effect
+    applies the model's own norms and must be given plain weights.
+
+    The bias settings: the input LayerNorm's bias beta adds beta W_V to every value whatever the
+    token, so it joins the value bias, b_V' = b_V + beta W_V, used where the bias setting includes
+    `value` (like b_V, a constant input next to x W_V', which the forward pass divides by the
+    norm's scale). b_O (`value+output`) passes the same norms as the heads' outputs:
+    b_O' = b_O diag(w_post) C diag(w_f). The final LayerNorm's bias and the lm_head's bias add one
+    vector to the logits whatever the head and token: they are no head's, and are left out (as in
+    behaviour.direct_effect).
+
+    Left out, on purpose: the norms' scales (1 / RMS, 1 / std). For a fixed input each is one
+    positive number per row (Gemma's post-attention RMS is over the sum of all heads' outputs,
+    still one number per row), so it multiplies a whole row of M by a positive factor and leaves
+    its order, hence every top-k and argmax, unchanged. Saliency already divides by ||e||.
+
+    What the heads read is unchanged: E_in (embeddings.py) comes from the model's own modules,
+    MLP_0 with its input norm and, in Gemma, its output norm (`post_feedforward_layernorm`,
+    applied in `mlp0_function`), and E with Gemma's sqrt(d).
+    """
+
+    norms = "fold"
+
+    def __init__(self, base: HeadWeights):
+        super().__init__(base.source)
+        self.base = base
+        self._norm_tensors: dict[str, Tensor | None] = {}
+
+    def with_norms(self, norms: str) -> HeadWeights:
+        """The same conventions as the plain weights': `ignore` gives them back."""
+        return self.base.with_norms(norms)
+
+    def _kept(self, name: str, read: Callable[[], Tensor | None]) -> Tensor | None:
+        """A norm's weight or bias, read from the source once (d numbers)."""
+        if name not in self._norm_tensors:
+            self._norm_tensors[name] = read()
+        return self._norm_tensors[name]
+
+    def _weight(self, path: str | None) -> Tensor | None:
+        return self._kept(f"{path}.weight", lambda: self.norm_weight(path))
+
+    def _bias(self, path: str | None) -> Tensor | None:
+        return self._kept(f"{path}.bias", lambda: self.norm_bias(path))
+
+    def W_V(self, layer: int) -> Tensor:
+        """C diag(w_in) W_V: the input norm's weight on each row over d, then its centring."""
+        w = super().W_V(layer)  # (G, d, d_head)
+        w_in = self._weight(self.attn_norm_path(layer))
+        if w_in is not None:
+            w = w * w_in[:, None]
+        return w - w.mean(dim=1, keepdim=True) if self.family.layer_norm else w
+
+    def b_V(self, layer: int) -> Tensor:
+        """b_V + beta W_V: the input LayerNorm's bias is a constant input to the value projection."""
+        b = super().b_V(layer)
+        beta = self._bias(self.attn_norm_path(layer))
+        if beta is None:
+            return b
+        return b + torch.einsum("d,gde->ge", beta, super().W_V(layer))
+
+    def _write(self, layer: int, y: Tensor) -> Tensor:
+        """y (..., d), a write to the residual stream by attention of `layer`, as the logits see it:
+        y diag(w_post) C diag(w_f)."""
+        w_post = self._weight(self.attn_out_norm_path(layer))
+        if w_post is not None:
+            y = y * w_post
+        if self.family.layer_norm:
+            y = y - y.mean(dim=-1, keepdim=True)
+        w_f = self._weight(self.family.final_norm)
+        return y * w_f if w_f is not None else y
+
+    def W_O(self, layer: int) -> Tensor:
+        """W_O diag(w_post) C diag(w_f), per query head: (n_heads, d_head, d)."""
+        return self._write(layer, super().W_O(layer))
+
+    def b_O(self, layer: int) -> Tensor:
+        """b_O diag(w_post) C diag(w_f): the output bias through the same norms as the heads."""
+        return self._write(layer, super().b_O(layer))

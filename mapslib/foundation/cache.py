@@ -25,6 +25,7 @@ import pandas as pd
 from mapslib.foundation.io import environment, sidecar_path, write_table
 
 Computed = tuple[pd.DataFrame, dict[str, Any]]  # the table, and what the run found on the way
+Found = dict[str, Any] | Callable[[pd.DataFrame], dict[str, Any]]  # or how to read it off the table
 
 
 def normalise(params: dict[str, Any]) -> Any:
@@ -116,3 +117,36 @@ def cached_table(
         write_table(path, df, meta)
     df.attrs["sidecar"] = meta
     return df
+
+
+def run_cached(
+    lm: Any,
+    out: str | Path | None,
+    name: str,
+    params: dict[str, Any],
+    compute: Callable[[], pd.DataFrame],
+    *,
+    found: Found | None = None,
+    settings: Any = None,
+    recompute: bool = False,
+    protocol: dict[str, Any] | None = None,
+    header: dict[str, Any] | None = None,
+    step: str = "compute",
+) -> pd.DataFrame:
+    """Every experiment's one way to run: the table at `out` (a .csv/.json file, or a folder for
+    `name`; None: not written) when the model `lm` and `params` made it, else `compute()` written
+    with its sidecar. The sidecar records the model, the map settings in full (`settings`, a
+    foundation.settings.MapSettings) and `found` (a dict, or a function of the new table, called
+    after computing: for summaries of it and counters that `compute` fills)."""
+    key = {"model": lm.info(), **params}
+
+    def run() -> Computed:
+        df = compute()
+        extra = found(df) if callable(found) else dict(found or {})
+        record = {} if settings is None else {"settings": settings.record()}
+        return df, {"model": lm.info(), **record, **extra}
+
+    path = None if out is None else table_path(out, name)
+    return cached_table(
+        path, key, run, recompute=recompute, protocol=protocol, header=header, step=step
+    )

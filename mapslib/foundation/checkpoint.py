@@ -1,15 +1,19 @@
 """Weights only: the static analyses read a checkpoint tensor by tensor, never building the model.
 
 The relation map, saliency, salient mappings, globality and the random baseline need E, U, the first
-block's MLP and its norms (for E_in), and per layer W_V, b_V, W_O, b_O. `CheckpointSource` is a
-`TensorSource` (adapters.py) that reads exactly these from disk when HeadWeights asks for them:
+block's MLP and its norms (for E_in), and per layer W_V, b_V, W_O, b_O; with `norms="fold"`
+(adapters.NormFolded) also the weights (and LayerNorm biases) of the norms on a head's path: each
+layer's input norm, Gemma's post-attention norm and the final norm, one d-vector each, read once.
+`CheckpointSource` is a `TensorSource` (adapters.py) that reads exactly these from disk when
+HeadWeights asks for them:
 
 * safetensors checkpoints, one file or sharded (`model.safetensors.index.json`), through
   `safetensors.safe_open`, one tensor (or a block of rows) per read;
 * GGUF files: the tensor table from `gguf.GGUFReader`, the bytes of one tensor (or block of rows)
   read from the file and dequantised with `gguf.quants.dequantize`, then given transformers' own
-  per-architecture fix-ups (its GGUF `TensorProcessor`: Gemma's norms stored as 1 + w, GPT-2's
-  transposed matrices; Llama's q/k permutation does not touch V and O).
+  per-architecture fix-ups (its GGUF `TensorProcessor`: Gemma's norms stored as 1 + w, so every
+  norm weight comes back as the w transformers' modules hold; GPT-2's transposed matrices; Llama's
+  q/k permutation does not touch V and O).
 
 No knowledge of where a family keeps its weights lives here: HeadWeights names tensors by the
 Family's module paths (`model.layers.3.self_attn.v_proj` + `.weight`), which are the model's

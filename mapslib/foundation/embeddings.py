@@ -1,6 +1,6 @@
 """E_in: the token representations a head's W_VO is read on.
 
-Modes (PROTOCOL.md; `paper` is the default):
+The settings' `embedding` (foundation.settings.MapSettings; PROTOCOL.md) picks one of:
 * `paper`: layer 0 reads raw E; layers >= 1 read MLP_0(LN2_0(E)), the first block's MLP applied to the
   normed embeddings, without the residual. (The paper's authors found this closer to what later
   layers see; Llama-3.1-70B was analysed with `raw`.)
@@ -20,33 +20,36 @@ from torch import Tensor
 
 from mapslib.errors import BadArgument
 from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.settings import DEFAULTS, EMBEDDINGS
 
-EMBEDDING_MODES = ("paper", "raw", "mlp0-residual")
 EMBEDDING_RULE = (
     "layer 0 reads E; layers >= 1 read MLP_0(norm(E)) (paper), E (raw) or E + MLP_0(norm(E)) "
     "(mlp0-residual); E includes the forward pass's embedding scale"
 )
 
 
-def embedding_kind(mode: str, layer: int) -> str:
-    """Which representation heads of `layer` read: `raw`, `mlp0` or `mlp0-residual`."""
-    if mode not in EMBEDDING_MODES:
-        raise BadArgument(
-            f"unknown embedding mode {mode!r}; choose one of {', '.join(EMBEDDING_MODES)}"
-        )
-    if layer == 0 or mode == "raw":
+def embedding_kind(embedding: str, layer: int) -> str:
+    """Which representation heads of `layer` read under `embedding`: `raw`, `mlp0` or
+    `mlp0-residual`."""
+    if embedding not in EMBEDDINGS:
+        raise BadArgument(f"unknown embedding {embedding!r}; choose one of {', '.join(EMBEDDINGS)}")
+    if layer == 0 or embedding == "raw":
         return "raw"
-    return "mlp0" if mode == "paper" else "mlp0-residual"
+    return "mlp0" if embedding == "paper" else "mlp0-residual"
 
 
 class InputEmbeddings:
     """E_in rows for a fixed set of tokens, computed once per kind and shared by all layers."""
 
     def __init__(
-        self, hw: HeadWeights, token_ids: Tensor | None, mode: str = "paper", chunk: int = 8192
+        self,
+        hw: HeadWeights,
+        token_ids: Tensor | None,
+        embedding: str = DEFAULTS.embedding,
+        chunk: int = 8192,
     ):
-        embedding_kind(mode, 1)  # validate early
-        self.hw, self.mode, self.chunk = hw, mode, chunk
+        embedding_kind(embedding, 1)  # validate early
+        self.hw, self.embedding, self.chunk = hw, embedding, chunk
         self.token_ids = token_ids  # None: the whole vocabulary
         self._cache: dict[str, Tensor] = {}
 
@@ -73,10 +76,10 @@ class InputEmbeddings:
     def prepare(self, layers: list[int]) -> InputEmbeddings:
         """Compute now every representation heads of `layers` read. Callers do this before reading U,
         so that a weights-only source has dropped the first block's MLP by then."""
-        for kind in {embedding_kind(self.mode, layer) for layer in layers}:
+        for kind in {embedding_kind(self.embedding, layer) for layer in layers}:
             self.kind(kind)
         return self
 
     def for_layer(self, layer: int) -> Tensor:
-        """E_in rows for heads of `layer` under this mode."""
-        return self.kind(embedding_kind(self.mode, layer))
+        """E_in rows for heads of `layer` under this embedding."""
+        return self.kind(embedding_kind(self.embedding, layer))

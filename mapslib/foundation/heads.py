@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from mapslib.errors import BadArgument
 from mapslib.foundation.adapters import HeadWeights
+from mapslib.foundation.settings import BIASES
 
 Head = tuple[int, int]  # (layer, head)
-BIASES = ("none", "value", "value+output")
 
 
 @dataclass(frozen=True)

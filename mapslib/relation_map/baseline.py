@@ -24,12 +24,13 @@ import torch
 from torch import Tensor
 
 from mapslib.foundation.adapters import HeadWeights
-from mapslib.foundation.cache import Computed, cached_table, table_path
+from mapslib.foundation.cache import run_cached
 from mapslib.foundation.embeddings import InputEmbeddings
 from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside_many
 from mapslib.foundation.models import LoadedModel
+from mapslib.foundation.settings import DEFAULTS, MapSettings
 from mapslib.relation_map.relations import Relation, TokenizedRelation, scorable
-from mapslib.relation_map.scores import TAU, PairBatch, protocol, scores_frame
+from mapslib.relation_map.scores import PairBatch, protocol, scores_frame
 
 
 def layer_ov_stats(hw: HeadWeights, layer: int) -> tuple[float, float]:
@@ -69,8 +70,7 @@ def random_scores(
     layers: Iterable[int] | None = None,
     heads_per_layer: int | None = None,
     seed: int = 0,
-    k: int | None = None,
-    embedding: str = "paper",
+    settings: MapSettings = DEFAULTS,
     sample_stride: int = 32,
     progress: bool = False,
     stats: KernelStats | None = None,
@@ -80,10 +80,11 @@ def random_scores(
 
     layers = list(range(hw.n_layers)) if layers is None else list(layers)
     n_random = heads_per_layer or hw.n_heads
+    hw = hw.with_norms(settings.norms)  # E_in and U as the real map reads them
     device = hw.device
-    batch = PairBatch.build(relations, hw.vocab_size, k, device)
+    batch = PairBatch.build(relations, hw.vocab_size, settings.k, device)
     # E_in before U: a weights-only source drops the first block's MLP before it reads U
-    inputs = InputEmbeddings(hw, batch.sources, embedding).prepare(layers)
+    inputs = InputEmbeddings(hw, batch.sources, settings.embedding).prepare(layers)
     unembed = Unembedding.prepare(hw.unembedding(stored=True), sample_stride)
     blocks = Blocks.for_device(device)
     scores = torch.zeros(len(layers), n_random, 2, len(relations))
@@ -105,13 +106,15 @@ def random_scores(
     return scores_frame(scores, layers, batch)
 
 
-def heads_over_tau(scores: pd.DataFrame, tau: float = TAU) -> pd.Series:
+def heads_over_tau(scores: pd.DataFrame, tau: float = DEFAULTS.tau) -> pd.Series:
     """Per layer: heads with at least one relation score (either mode) >= tau."""
     best = scores.groupby(["layer", "head"])["score"].max()
     return (best >= tau).groupby(level="layer").sum().astype(int)
 
 
-def baseline_table(real: pd.DataFrame, random: pd.DataFrame, tau: float = TAU) -> pd.DataFrame:
+def baseline_table(
+    real: pd.DataFrame, random: pd.DataFrame, tau: float = DEFAULTS.tau
+) -> pd.DataFrame:
     """Per layer: heads, heads over tau among real heads and among random matrices, plus a total row."""
     layers = sorted(set(real["layer"]) | set(random["layer"]))
     n_real = real.groupby("layer")["head"].nunique().reindex(layers, fill_value=0)
@@ -155,34 +158,36 @@ def run_random_baseline(
     *,
     layers: list[int] | None = None,
     seed: int = 0,
-    k: int | None = None,
-    embedding: str = "paper",
+    settings: MapSettings = DEFAULTS,
     recompute: bool = False,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Scores of random W_VO with each layer's statistics (SCORE_COLUMNS), cached at `out`."""
     layers = list(range(lm.hw.n_layers)) if layers is None else layers
-    tokenized = scorable(relations, lm.tokenizer)
-    params = {"model": lm.info(), "relations": [r.sha256 for r in relations], "layers": layers}
-    params |= {"k": k, "embedding": embedding, "seed": seed}
-
-    def compute() -> Computed:
-        stats = KernelStats()
-        df = random_scores(
+    tokenized = scorable(relations, lm.tokenizer, settings.min_pairs)
+    params = {"relations": [r.sha256 for r in relations], "layers": layers, "seed": seed}
+    params |= settings.params("k", "embedding")
+    stats = KernelStats()
+    rules = protocol(settings) | {
+        "random_heads": "per layer, as many d x d matrices as heads, i.i.d. normal entries with the "
+        "mean and std of the layer's W_VO entries; each layer seeded on its own",
+    }
+    return run_cached(
+        lm,
+        out,
+        "baseline_random_scores.csv",
+        params,
+        lambda: random_scores(
             lm.hw,
             tokenized,
             layers=layers,
             seed=seed,
-            k=k,
-            embedding=embedding,
+            settings=settings,
             progress=progress,
             stats=stats,
-        )
-        return df, {"model": lm.info(), "kernel": asdict(stats)}
-
-    rules = protocol(k) | {
-        "random_heads": "per layer, as many d x d matrices as heads, i.i.d. normal entries with the "
-        "mean and std of the layer's W_VO entries; each layer seeded on its own",
-    }
-    path = None if out is None else table_path(out, "baseline_random_scores.csv")
-    return cached_table(path, params, compute, recompute=recompute, protocol=rules)
+        ),
+        found=lambda _: {"kernel": asdict(stats)},
+        settings=settings,
+        recompute=recompute,
+        protocol=rules,
+    )

@@ -22,9 +22,9 @@ import pandas as pd
 
 from mapslib.errors import RelationFileError, UnknownRelation
 from mapslib.foundation.io import sha256_file
+from mapslib.foundation.settings import DEFAULTS
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "relations"
-MIN_PAIRS = 30
 CATEGORIES = ("algorithmic", "knowledge", "linguistic", "translation")
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def tokenize_relation(relation: Relation, tokenizer: Any) -> TokenizedRelation:
 
 
 def surviving_pairs(
-    relations: list[Relation], tokenizer: Any, min_pairs: int = MIN_PAIRS
+    relations: list[Relation], tokenizer: Any, min_pairs: int = DEFAULTS.min_pairs
 ) -> pd.DataFrame:
     """Per relation: pairs in the dataset, pairs kept by the single-token filter, and whether it is scored."""
     rows = []
@@ -243,7 +243,7 @@ def surviving_pairs(
 
 def keep_scorable(
     tokenized: list[TokenizedRelation],
-    min_pairs: int = MIN_PAIRS,
+    min_pairs: int = DEFAULTS.min_pairs,
     log: Callable[[str], None] | None = None,
 ) -> list[TokenizedRelation]:
     """The tokenized relations with at least `min_pairs` pairs; each dropped one is reported to
@@ -264,7 +264,7 @@ def keep_scorable(
 def scorable(
     relations: list[Relation],
     tokenizer: Any,
-    min_pairs: int = MIN_PAIRS,
+    min_pairs: int = DEFAULTS.min_pairs,
     log: Callable[[str], None] | None = None,
 ) -> list[TokenizedRelation]:
     """Tokenize relations and keep those with enough single-token pairs (see `keep_scorable`)."""

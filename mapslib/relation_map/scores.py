@@ -20,19 +20,14 @@ from torch import Tensor
 
 from mapslib.errors import BadArgument, TooFewPairs
 from mapslib.foundation.adapters import HeadWeights
-from mapslib.foundation.cache import Computed, cached_table, params_key, table_path
-from mapslib.foundation.embeddings import (
-    EMBEDDING_MODES,
-    EMBEDDING_RULE,
-    InputEmbeddings,
-    embedding_kind,
-)
-from mapslib.foundation.heads import check_bias, head_factors
-from mapslib.foundation.io import sha256_text
+from mapslib.foundation.cache import params_key, run_cached
+from mapslib.foundation.embeddings import EMBEDDING_RULE, InputEmbeddings
+from mapslib.foundation.heads import head_factors
+from mapslib.foundation.io import sha256_text, sidecar_path
 from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside_many
 from mapslib.foundation.models import LoadedModel
+from mapslib.foundation.settings import DEFAULTS, EMBEDDINGS, MapSettings
 from mapslib.relation_map.relations import (
-    MIN_PAIRS,
     REGISTRY,
     Relation,
     TokenizedRelation,
@@ -40,7 +35,6 @@ from mapslib.relation_map.relations import (
     tokenize_relation,
 )
 
-TAU = 0.15
 MODES = ("promote", "suppress")
 SCORE_COLUMNS = ["layer", "head", "relation", "mode", "k", "n_pairs", "score"]
 K_RULE = "PROTOCOL.md: |V|<100k -> 1 (copying) / 10; else 3 / 25"
@@ -48,6 +42,12 @@ BIAS_RULE = {
     "none": "no biases, as in the paper",
     "value": "b_V added: rows of (E_in W_V + b_V) W_O U",
     "value+output": "b_V and b_O added: rows of ((E_in W_V + b_V) W_O + b_O) U",
+}
+NORMS_RULE = {
+    "ignore": "no norm weights, as in the paper's code",
+    "fold": "every norm weight on the path folded in as the forward pass applies it (the layer's "
+    "input norm before W_V, a post-attention norm after W_O, the final norm before U); the norms' "
+    "positive per-row scales are left out, as they change no top-k",
 }
 
 
@@ -59,12 +59,9 @@ def default_k(vocab_size: int, copying: bool) -> int:
 
 
 def relation_k(relation: TokenizedRelation, vocab_size: int, k: int | None = None) -> int:
-    """The k a relation is scored with: the override if given, else the protocol's rule."""
-    if k is not None:
-        if k < 1:
-            raise BadArgument(f"k must be a positive integer, got {k}")
-        return k
-    return default_k(vocab_size, relation.relation.copying)
+    """The k a relation is scored with: the override if given (checked by MapSettings), else the
+    protocol's rule."""
+    return default_k(vocab_size, relation.relation.copying) if k is None else k
 
 
 @dataclass(frozen=True)
@@ -117,48 +114,49 @@ def relation_scores(
     relations: list[TokenizedRelation],
     *,
     layers: list[int] | None = None,
-    k: int | None = None,
-    embedding: str = "paper",
-    bias: str = "none",
+    settings: MapSettings = DEFAULTS,
     sample_stride: int | None = None,
     progress: bool = False,
     stats: KernelStats | None = None,
 ) -> pd.DataFrame:
     """Promote and suppress scores of every (layer, head, relation): one row each, columns SCORE_COLUMNS.
 
-    `bias` (foundation.heads.BIASES) adds b_V, or b_V and b_O, to the map; the paper omits both.
+    `settings` says what heads read, the k, the biases and the norm weights in the map.
     """
     layers = list(range(hw.n_layers)) if layers is None else layers
+    hw = hw.with_norms(settings.norms)
     device = hw.device
-    batch = PairBatch.build(relations, hw.vocab_size, k, device)
+    batch = PairBatch.build(relations, hw.vocab_size, settings.k, device)
     # E_in before U: a weights-only source drops the first block's MLP before it reads U
-    inputs = InputEmbeddings(hw, batch.sources, embedding).prepare(layers)
+    inputs = InputEmbeddings(hw, batch.sources, settings.embedding).prepare(layers)
     unembed = Unembedding.prepare(hw.unembedding(stored=True), sample_stride)
     blocks = Blocks.for_device(device)
     scores = torch.zeros(len(layers), hw.n_heads, 2, len(relations))
     row = {layer: i for i, layer in enumerate(layers)}
-    factors = head_factors(hw, layers, inputs.for_layer, bias=bias, progress=progress)
+    factors = head_factors(hw, layers, inputs.for_layer, bias=settings.bias, progress=progress)
     problems = (((f.layer, f.head), f.a[batch.inverse], f.w_o, batch.dst) for f in factors)
     for (layer, head), *counts in count_outside_many(problems, unembed, batch.cap, blocks, stats):
         scores[row[layer], head] = batch.fractions(*counts)
     return scores_frame(scores, layers, batch)
 
 
-def protocol(k: int | None = None, min_pairs: int = MIN_PAIRS) -> dict[str, Any]:
+def protocol(settings: MapSettings = DEFAULTS) -> dict[str, Any]:
     """The rules the relation map applies, for the sidecar of every table it writes."""
     return {
         "score": "share of pairs (s, t) whose t is in the top-k of row s of M = E_in W_VO U "
         "(suppress: of -M); entries within rounding error of the target are ties, in its favour",
-        "k_rule": "override" if k is not None else K_RULE,
-        "tau": TAU,
+        "k_rule": "override" if settings.k is not None else K_RULE,
+        "tau": settings.tau,
         "tokenisation": "' ' + word without special tokens; a pair is kept when both sides are one token",
-        "min_pairs": min_pairs,
+        "min_pairs": settings.min_pairs,
         "embedding": EMBEDDING_RULE,
+        "bias": BIAS_RULE[settings.bias],
+        "norms": NORMS_RULE[settings.norms],
     }
 
 
 def relation_provenance(
-    tokenized: list[TokenizedRelation], vocab_size: int, k: int | None, min_pairs: int
+    tokenized: list[TokenizedRelation], vocab_size: int, settings: MapSettings
 ) -> list[dict[str, Any]]:
     """Per relation: its file and hash, pairs before and after the single-token filter, its k."""
     return [
@@ -169,20 +167,24 @@ def relation_provenance(
             "sha256": t.relation.sha256,
             "pairs": len(t.relation),
             "single_token_pairs": len(t),
-            "scored": len(t) >= min_pairs,
-            "k": relation_k(t, vocab_size, k) if len(t) >= min_pairs else None,
+            "scored": len(t) >= settings.min_pairs,
+            "k": relation_k(t, vocab_size, settings.k) if len(t) >= settings.min_pairs else None,
         }
         for t in tokenized
     ]
 
 
-def _table_name(params: dict[str, Any], relations: list[Relation], n_layers: int) -> str:
+MAP_KEY = ("k", "embedding", "min_pairs")  # the settings that decide a relation map's table
+
+
+def _table_name(
+    params: dict[str, Any], relations: list[Relation], n_layers: int, settings: MapSettings
+) -> str:
     """`relation_scores.csv` for the full default map; other choices get a name by parameter hash."""
-    default = [r.name for r in relations] == list(REGISTRY) and params["layers"] == list(
+    full = [r.name for r in relations] == list(REGISTRY) and params["layers"] == list(
         range(n_layers)
     )
-    choices = (params["k"], params["embedding"], params["min_pairs"], params.get("bias"))
-    if default and choices == (None, "paper", MIN_PAIRS, None):
+    if full and settings.params(*MAP_KEY) == DEFAULTS.params(*MAP_KEY):
         return "relation_scores.csv"
     return f"relation_scores_{sha256_text(json.dumps(params_key(params), sort_keys=True))[:10]}.csv"
 
@@ -193,10 +195,7 @@ def run_relation_map(
     out: str | Path | None,
     *,
     layers: list[int] | None = None,
-    k: int | None = None,
-    embedding: str = "paper",
-    bias: str = "none",
-    min_pairs: int = MIN_PAIRS,
+    settings: MapSettings = DEFAULTS,
     recompute: bool = False,
     header: dict[str, Any] | None = None,
     progress: bool = False,
@@ -204,50 +203,34 @@ def run_relation_map(
 ) -> pd.DataFrame:
     """The relation map of `lm` (SCORE_COLUMNS), cached at `out` (a .csv, or a folder; None: not written).
 
-    In a folder the full default map (all shipped relations, all layers, PROTOCOL.md's k and
-    embeddings) is `relation_scores.csv`, shared by every chapter that needs it; other choices get a
-    file named by a hash of their parameters, so they never overwrite it.
+    In a folder the full default map (all shipped relations, all layers, default settings) is
+    `relation_scores.csv`, shared by every chapter that needs it; other choices get a file named by
+    a hash of their parameters, so they never overwrite it.
     """
     hw = lm.hw
-    embedding_kind(embedding, 1)  # an unknown mode or bias fails before any work
-    check_bias(bias)
     layers = list(range(hw.n_layers)) if layers is None else layers
     tokenized = [tokenize_relation(r, lm.tokenizer) for r in relations]
-    kept = keep_scorable(tokenized, min_pairs, log)
-    params = {"model": lm.info(), "relations": [r.sha256 for r in relations], "layers": layers}
-    params |= {"k": k, "embedding": embedding, "min_pairs": min_pairs}
-    if bias != "none":  # recorded only when used, so tables made before the option stay valid
-        params["bias"] = bias
-
-    def compute() -> Computed:
-        stats = KernelStats()
-        df = relation_scores(
-            hw,
-            kept,
-            layers=layers,
-            k=k,
-            embedding=embedding,
-            bias=bias,
-            progress=progress,
-            stats=stats,
-        )
-        found = {
-            "model": lm.info(),
+    kept = keep_scorable(tokenized, settings.min_pairs, log)
+    params = {"relations": [r.sha256 for r in relations], "layers": layers}
+    params |= settings.params(*MAP_KEY)
+    stats = KernelStats()
+    return run_cached(
+        lm,
+        out,
+        _table_name(params, relations, hw.n_layers, settings),
+        params,
+        lambda: relation_scores(
+            hw, kept, layers=layers, settings=settings, progress=progress, stats=stats
+        ),
+        found=lambda _: {
             "architecture": hw.describe(),
             "layers": layers,
-            "embedding": embedding,
-            "relations": relation_provenance(tokenized, hw.vocab_size, k, min_pairs),
+            "relations": relation_provenance(tokenized, hw.vocab_size, settings),
             "kernel": asdict(stats),
-        }
-        return df, found
-
-    path = None if out is None else table_path(out, _table_name(params, relations, hw.n_layers))
-    return cached_table(
-        path,
-        params,
-        compute,
+        },
+        settings=settings,
         recompute=recompute,
-        protocol=protocol(k, min_pairs) | {"bias": BIAS_RULE[bias]},
+        protocol=protocol(settings),
         header=header,
         step="score",
     )
@@ -258,50 +241,97 @@ def maps_by_embedding(
     relations: list[Relation],
     out: str | Path | None,
     *,
-    first: str = "paper",
+    settings: MapSettings = DEFAULTS,
     **kwargs: Any,
 ) -> dict[str, pd.DataFrame]:
-    """The relation map under every reading of E_in, `first` first; each cached as `run_relation_map`."""
-    modes = [first] + [m for m in EMBEDDING_MODES if m != first]
-    return {m: run_relation_map(lm, relations, out, embedding=m, **kwargs) for m in modes}
+    """The relation map under every reading of E_in, `settings.embedding` first; each cached as
+    `run_relation_map`."""
+    modes = [settings.embedding] + [m for m in EMBEDDINGS if m != settings.embedding]
+    return {
+        m: run_relation_map(lm, relations, out, settings=settings.but(embedding=m), **kwargs)
+        for m in modes
+    }
 
 
 def maps_by_bias(
-    lm: LoadedModel, relations: list[Relation], out: str | Path | None, **kwargs: Any
+    lm: LoadedModel,
+    relations: list[Relation],
+    out: str | Path | None,
+    *,
+    settings: MapSettings = DEFAULTS,
+    **kwargs: Any,
 ) -> dict[str, pd.DataFrame]:
     """The relation map without biases and with each bias the model has (b_V, then b_V and b_O);
     each cached as `run_relation_map`. A model without biases gets the plain map alone."""
     has = lm.hw.biases()
     wanted = ["none"] + (["value"] if "value" in has else [])
     wanted += ["value+output"] if "output" in has else []
-    return {b: run_relation_map(lm, relations, out, bias=b, **kwargs) for b in wanted}
+    return {
+        b: run_relation_map(lm, relations, out, settings=settings.but(bias=b), **kwargs)
+        for b in wanted
+    }
 
 
 def static_scores(
-    lm: LoadedModel, relations: list[Relation], path: str | Path | None = None, **kwargs: Any
+    lm: LoadedModel,
+    relations: list[Relation],
+    path: str | Path | None = None,
+    settings: MapSettings = DEFAULTS,
+    **kwargs: Any,
 ) -> pd.DataFrame:
-    """Static scores for a behaviour experiment: read from `path` (checked), or the default map
-    computed now; `attrs["source"]` says which, for the experiment's sidecar."""
+    """Static scores for a behaviour experiment: read from `path` (checked to cover the relations
+    and to be made with `settings`), or the map computed now with `settings`; `attrs["source"]`
+    says which, for the experiment's sidecar."""
     if path is None:
-        static = run_relation_map(lm, relations, None, log=lambda _: None, **kwargs)
-        static.attrs["source"] = "computed (PROTOCOL.md defaults)"
+        static = run_relation_map(
+            lm, relations, None, settings=settings, log=lambda _: None, **kwargs
+        )
+        static.attrs["source"] = "computed with " + settings_text(settings)
         return static
     names = [
         t.name
         for t in keep_scorable(
-            [tokenize_relation(r, lm.tokenizer) for r in relations], log=lambda _: None
+            [tokenize_relation(r, lm.tokenizer) for r in relations],
+            settings.min_pairs,
+            log=lambda _: None,
         )
     ]
-    static = read_static(path, names, lm.hw.n_layers)
+    static = read_static(path, names, lm.hw.n_layers, settings)
     static.attrs["source"] = str(path)
     return static
 
 
-def read_static(path: str | Path, relations: list[str], n_layers: int) -> pd.DataFrame:
-    """Static scores written by `run_relation_map`, checked to cover every layer and `relations`."""
+def settings_text(settings: MapSettings) -> str:
+    """The settings that decide a map, as `embedding=paper, k=None, ...` (for sidecars and errors)."""
+    return ", ".join(f"{k}={v}" for k, v in settings.params(*MAP_KEY).items())
+
+
+def check_made_with(path: Path, settings: MapSettings) -> None:
+    """A stored map's sidecar must record `settings`, so that a behaviour check reads the map it
+    asks for; a table without a sidecar is taken as it is."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return
+    stored = json.loads(side.read_text()).get("params", {})
+    made = {k: stored.get(k, getattr(DEFAULTS, k)) for k in (*MAP_KEY, "bias", "norms")}
+    asked = {k: getattr(settings, k) for k in made}
+    if made != asked:
+        diff = ", ".join(f"{k}={made[k]} (asked: {asked[k]})" for k in made if made[k] != asked[k])
+        raise BadArgument(
+            f"static scores {path} were made with {diff}; pass the same map settings, or make "
+            "them again with `python -m mapslib relations` and these settings"
+        )
+
+
+def read_static(
+    path: str | Path, relations: list[str], n_layers: int, settings: MapSettings = DEFAULTS
+) -> pd.DataFrame:
+    """Static scores written by `run_relation_map`, checked to cover every layer and `relations`,
+    and to be made with `settings`."""
     path = Path(path)
     if not path.is_file():
         raise BadArgument(f"static scores file not found: {path}")
+    check_made_with(path, settings)
     static = pd.read_csv(path)
     missing = set(relations) - set(static.get("relation", []))
     if missing or static.get("layer", pd.Series([])).nunique() != n_layers:
@@ -317,10 +347,10 @@ def scores_by_k(
     relations: list[TokenizedRelation],
     layers: list[int],
     ks: list[int],
-    embedding: str = "paper",
+    settings: MapSettings = DEFAULTS,
 ) -> pd.DataFrame:
     """Relation scores recomputed with each k in `ks` (one k for all relations), to see how k sets strictness."""
-    frames = [relation_scores(hw, relations, layers=layers, k=k, embedding=embedding) for k in ks]
+    frames = [relation_scores(hw, relations, layers=layers, settings=settings.but(k=k)) for k in ks]
     return pd.concat(frames, ignore_index=True)
 
 

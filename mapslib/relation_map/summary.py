@@ -11,8 +11,8 @@ import itertools
 import pandas as pd
 
 from mapslib.foundation.heads import head_name
+from mapslib.foundation.settings import DEFAULTS
 from mapslib.relation_map.relations import category_of
-from mapslib.relation_map.scores import TAU
 
 
 def score_grid(scores: pd.DataFrame, relation: str, mode: str = "promote") -> pd.DataFrame:
@@ -21,14 +21,14 @@ def score_grid(scores: pd.DataFrame, relation: str, mode: str = "promote") -> pd
     return sel.pivot(index="layer", columns="head", values="score")
 
 
-def implemented(scores: pd.DataFrame, tau: float = TAU) -> pd.DataFrame:
+def implemented(scores: pd.DataFrame, tau: float = DEFAULTS.tau) -> pd.DataFrame:
     """Rows where a head implements a relation (score >= tau), with the relation's category."""
     out = scores[scores["score"] >= tau].copy()
     out["category"] = out["relation"].map(category_of)
     return out
 
 
-def relation_overview(scores: pd.DataFrame, tau: float = TAU) -> pd.DataFrame:
+def relation_overview(scores: pd.DataFrame, tau: float = DEFAULTS.tau) -> pd.DataFrame:
     """Per relation and mode: heads over tau, the highest score, and the head that has it."""
     rows = []
     for (rel, mode), g in scores.groupby(["relation", "mode"], sort=False):
@@ -48,7 +48,7 @@ def relation_overview(scores: pd.DataFrame, tau: float = TAU) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["category", "relation", "mode"]).reset_index(drop=True)
 
 
-def head_table(scores: pd.DataFrame, tau: float = TAU) -> pd.DataFrame:
+def head_table(scores: pd.DataFrame, tau: float = DEFAULTS.tau) -> pd.DataFrame:
     """Per head with at least one relation: the relations it promotes and suppresses, and its categories."""
     imp = implemented(scores, tau)
     rows = []
@@ -83,7 +83,7 @@ def head_table(scores: pd.DataFrame, tau: float = TAU) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def category_counts(scores: pd.DataFrame, tau: float = TAU) -> pd.DataFrame:
+def category_counts(scores: pd.DataFrame, tau: float = DEFAULTS.tau) -> pd.DataFrame:
     """Per category: heads that implement at least one of its relations (either mode), per layer."""
     imp = implemented(scores, tau)
     counts = imp.groupby(["category", "layer"])["head"].nunique().unstack("category", fill_value=0)
@@ -91,7 +91,9 @@ def category_counts(scores: pd.DataFrame, tau: float = TAU) -> pd.DataFrame:
     return counts.reindex(all_layers, fill_value=0)
 
 
-def overview(scores: pd.DataFrame, n_heads_total: int, tau: float = TAU) -> dict[str, float]:
+def overview(
+    scores: pd.DataFrame, n_heads_total: int, tau: float = DEFAULTS.tau
+) -> dict[str, float]:
     """The paper's head-level numbers: classified heads, multi-category and suppression shares."""
     heads = head_table(scores, tau)
     n = len(heads)
@@ -106,7 +108,7 @@ def overview(scores: pd.DataFrame, n_heads_total: int, tau: float = TAU) -> dict
 
 
 def group_sharing(
-    scores: pd.DataFrame, n_heads: int, n_kv_heads: int, tau: float = TAU
+    scores: pd.DataFrame, n_heads: int, n_kv_heads: int, tau: float = DEFAULTS.tau
 ) -> pd.DataFrame:
     """How often a relation head's same-layer neighbours implement the same relation and mode.
 
@@ -133,7 +135,7 @@ def group_sharing(
 
 
 def group_members(
-    scores: pd.DataFrame, n_heads: int, n_kv_heads: int, tau: float = TAU
+    scores: pd.DataFrame, n_heads: int, n_kv_heads: int, tau: float = DEFAULTS.tau
 ) -> pd.DataFrame:
     """kv groups in which two or more heads implement the same relation and mode."""
     group = n_heads // n_kv_heads
@@ -163,7 +165,7 @@ def strongest_head(scores: pd.DataFrame, mode: str = "promote", relation: str | 
     return head_name(int(best["layer"]), int(best["head"]))
 
 
-def compare_maps(maps: dict[str, pd.DataFrame], tau: float = TAU) -> pd.DataFrame:
+def compare_maps(maps: dict[str, pd.DataFrame], tau: float = DEFAULTS.tau) -> pd.DataFrame:
     """Score tables of the same heads side by side (e.g. one per embedding mode): per relation and mode,
     the heads at or above tau and the best score; the last row counts heads implementing anything."""
     parts = {}

@@ -12,8 +12,8 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from mapslib.foundation.settings import DEFAULTS
 from mapslib.relation_map.relations import CATEGORIES, category_of, label_of
-from mapslib.relation_map.scores import TAU
 from mapslib.relation_map.summary import head_table, score_grid
 
 CATEGORY_COLORS = {
@@ -26,7 +26,7 @@ CATEGORY_COLORS = {
 
 
 def relation_heatmaps(
-    scores: pd.DataFrame, mode: str, model: str, tau: float = TAU, ncols: int = 4
+    scores: pd.DataFrame, mode: str, model: str, tau: float = DEFAULTS.tau, ncols: int = 4
 ) -> Figure:
     """Small multiples: one layers x heads heatmap of scores per relation, for one mode."""
     relations = list(dict.fromkeys(scores["relation"]))
@@ -52,7 +52,7 @@ def relation_heatmaps(
 
 
 def category_map(
-    scores: pd.DataFrame, n_layers: int, n_heads: int, model: str, tau: float = TAU
+    scores: pd.DataFrame, n_layers: int, n_heads: int, model: str, tau: float = DEFAULTS.tau
 ) -> Figure:
     """The paper's function-distribution figure: each head coloured by the category it implements."""
     heads = head_table(scores, tau)
@@ -102,7 +102,7 @@ def relation_head_bars(rel_heads: pd.DataFrame, model: str) -> Figure:
     return fig
 
 
-def max_score_bars(rel_heads: pd.DataFrame, model: str, tau: float = TAU) -> Figure:
+def max_score_bars(rel_heads: pd.DataFrame, model: str, tau: float = DEFAULTS.tau) -> Figure:
     """The highest score any head reaches per relation and mode, with tau marked."""
     data = rel_heads.assign(label=rel_heads["relation"].map(label_of))
     fig, ax = plt.subplots(figsize=(8, 0.32 * data["relation"].nunique() + 1.5))

@@ -12,7 +12,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from mapslib.relation_map.scores import TAU
+from mapslib.foundation.settings import DEFAULTS
 from mapslib.salient.judge import GROUPS
 
 
@@ -106,7 +106,7 @@ def baseline_bars(table: pd.DataFrame, model: str) -> Figure:
     ax.bar(x + 0.2, per_layer["random_over_tau"], 0.4, label="random W_VO", color="C3")
     ax.set_xticks(x, [str(i) for i in per_layer.index])
     ax.set_xlabel("layer")
-    ax.set_ylabel(f"heads with a score >= {TAU}")
+    ax.set_ylabel(f"heads with a score >= {DEFAULTS.tau}")
     ax.set_title(f"{model}: relation heads, real versus random matrices")
     ax.legend(frameon=False)
     fig.tight_layout()
@@ -121,7 +121,7 @@ def max_score_distribution(real: pd.DataFrame, random: pd.DataFrame, model: str)
     fig, ax = plt.subplots(figsize=(8, 3.3))
     ax.hist(best_real, bins=bins, alpha=0.6, label="real heads", color="C0")
     ax.hist(best_rand, bins=bins, alpha=0.6, label="random W_VO", color="C3")
-    ax.axvline(TAU, color="k", ls="--", lw=1, label=f"tau = {TAU}")
+    ax.axvline(DEFAULTS.tau, color="k", ls="--", lw=1, label=f"tau = {DEFAULTS.tau}")
     ax.set_yscale("log")
     ax.set_xlabel("highest relation score of the head")
     ax.set_ylabel("heads")

@@ -48,11 +48,12 @@ from torch import Tensor
 
 from mapslib.errors import BadArgument
 from mapslib.foundation.adapters import HeadWeights
-from mapslib.foundation.cache import Computed, cached_table, table_path
+from mapslib.foundation.cache import run_cached
 from mapslib.foundation.embeddings import InputEmbeddings
 from mapslib.foundation.heads import head_factors
 from mapslib.foundation.kernels import Blocks
 from mapslib.foundation.models import LoadedModel
+from mapslib.foundation.settings import DEFAULTS, MapSettings
 
 SPACE_COLUMNS = [
     "layer",
@@ -172,19 +173,20 @@ def head_targets(
     layers: Iterable[int] | None = None,
     sources: Tensor | None = None,
     *,
-    embedding: str = "paper",
+    settings: MapSettings = DEFAULTS,
     progress: bool = False,
 ) -> Tensor:
     """argmax_t M[s, t] (U's columns normalised) for every head of `layers` and source s: (L, H, n)."""
     layers = list(range(hw.n_layers)) if layers is None else list(layers)
+    hw = hw.with_norms(settings.norms)
     device = hw.device
     sources = torch.arange(hw.vocab_size) if sources is None else sources
-    inputs = InputEmbeddings(hw, sources.to(device), embedding).prepare(layers)
+    inputs = InputEmbeddings(hw, sources.to(device), settings.embedding).prepare(layers)
     u_rows = normalized_unembedding_rows(hw.unembedding())
     blocks = Blocks.for_device(device)
     out = torch.empty(len(layers), hw.n_heads, len(sources), dtype=torch.long)
     row = {layer: i for i, layer in enumerate(layers)}
-    for f in head_factors(hw, layers, inputs.for_layer, progress=progress):
+    for f in head_factors(hw, layers, inputs.for_layer, bias=settings.bias, progress=progress):
         out[row[f.layer], f.head] = argmax_targets(f.a, f.w_o, u_rows, blocks).cpu()
     return out
 
@@ -196,14 +198,14 @@ def output_space(
     sample: int | None | str = "auto",
     seed: int = 0,
     groups: int = 8,
-    embedding: str = "paper",
+    settings: MapSettings = DEFAULTS,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Output-space size of every head of `layers`, exact or from `sample` seeded sources: SPACE_COLUMNS."""
     layers = list(range(hw.n_layers)) if layers is None else list(layers)
     n = default_sample(hw) if sample == "auto" else sample
     sources = sample_sources(hw.vocab_size, n, seed)
-    targets = head_targets(hw, layers, sources, embedding=embedding, progress=progress).numpy()
+    targets = head_targets(hw, layers, sources, settings=settings, progress=progress).numpy()
     rows = [
         {"layer": layer, "head": h, **space_stats(targets[li, h], hw.vocab_size, groups)}
         for li, layer in enumerate(layers)
@@ -220,34 +222,31 @@ def run_output_space(
     sample: int | None | str = "auto",
     seed: int = 0,
     groups: int = 8,
-    embedding: str = "paper",
+    settings: MapSettings = DEFAULTS,
     recompute: bool = False,
     progress: bool = False,
 ) -> pd.DataFrame:
     """`output_space` of every head of `layers`, cached at `out` (.csv or a folder; None: not written)."""
     n = default_sample(lm.hw) if sample == "auto" else sample
-    params = {"model": lm.info(), "sample": n, "seed": seed, "groups": groups}
-    params |= {"embedding": embedding, "layers": layers}
-
-    def compute() -> Computed:
-        df = output_space(
-            lm.hw,
-            layers,
-            sample=n,
-            seed=seed,
-            groups=groups,
-            embedding=embedding,
-            progress=progress,
-        )
-        return df, {"model": lm.info()}
-
+    params = {"sample": n, "seed": seed, "groups": groups, "layers": layers}
+    params |= settings.params("embedding")
     protocol = {
         "output_space": "argmax_t M[s, t] with U's columns at unit norm; size = distinct targets / |V|",
         "estimator": "exact when every source is scored, else Shlosser's estimate (size) beside "
         "distinct / sampled (size_sample), with delete-a-group jackknife standard errors",
     }
-    path = None if out is None else table_path(out, "output_space.csv")
-    return cached_table(path, params, compute, recompute=recompute, protocol=protocol)
+    return run_cached(
+        lm,
+        out,
+        "output_space.csv",
+        params,
+        lambda: output_space(
+            lm.hw, layers, sample=n, seed=seed, groups=groups, settings=settings, progress=progress
+        ),
+        settings=settings,
+        recompute=recompute,
+        protocol=protocol,
+    )
 
 
 def head_globality(

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from mapslib.foundation.adapters import HeadWeights
 from mapslib.foundation.cache import Computed, cached_table
 from mapslib.foundation.heads import Head, all_heads
+from mapslib.foundation.settings import DEFAULTS, MapSettings
 from mapslib.salient.describe import Describer
 from mapslib.salient.mappings import mapping_table, top_mappings
 
@@ -130,7 +131,7 @@ def judge_items(
     tokenizer: Any,
     salient: pd.DataFrame,
     setup: JudgeSetup,
-    embedding: str = "paper",
+    settings: MapSettings = DEFAULTS,
 ) -> pd.DataFrame:
     """The questions: per head and held-out token, shuffled options and the index of the real one.
 
@@ -149,7 +150,7 @@ def judge_items(
         )
         for r in held.itertuples()
     }
-    lists = _top_lists(hw, tokenizer, held, plan, embedding)
+    lists = _top_lists(hw, tokenizer, held, plan, settings)
     rows = []
     for r in held.itertuples():
         first = r.real.split(", ")[0]
@@ -175,7 +176,11 @@ def judge_items(
 
 
 def _top_lists(
-    hw: HeadWeights, tokenizer: Any, held: pd.DataFrame, plan: dict[Any, list[Head]], embedding: str
+    hw: HeadWeights,
+    tokenizer: Any,
+    held: pd.DataFrame,
+    plan: dict[Any, list[Head]],
+    settings: MapSettings,
 ) -> dict[tuple[Head, int], str]:
     """Top-5 targets (shown, joined) of each asked token under each distractor head: one
     `top_mappings` call per head, for all the tokens it is asked about."""
@@ -186,7 +191,7 @@ def _top_lists(
     lists = {}
     for (layer, head), ids in asked.items():
         ids_sorted = sorted(ids)
-        targets = top_mappings(hw, tokenizer, layer, head, ids_sorted, k=5, embedding=embedding)
+        targets = top_mappings(hw, tokenizer, layer, head, ids_sorted, k=5, settings=settings)
         joined = targets["target"].tolist()  # ordered by source, then rank
         for i, sid in enumerate(ids_sorted):
             lists[((layer, head), sid)] = ", ".join(joined[5 * i : 5 * i + 5])

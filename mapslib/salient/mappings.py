@@ -17,11 +17,12 @@ import torch
 from torch import Tensor
 
 from mapslib.foundation.adapters import HeadWeights
-from mapslib.foundation.cache import Computed, cached_table, table_path
-from mapslib.foundation.embeddings import EMBEDDING_MODES, InputEmbeddings
+from mapslib.foundation.cache import run_cached
+from mapslib.foundation.embeddings import InputEmbeddings
 from mapslib.foundation.heads import Head, head_factors, head_name
 from mapslib.foundation.kernels import Blocks, topk_rows
 from mapslib.foundation.models import LoadedModel
+from mapslib.foundation.settings import DEFAULTS, EMBEDDINGS, MapSettings
 from mapslib.foundation.tokens import shown, token_raw
 from mapslib.relation_map.relations import single_token_ids
 from mapslib.salient.saliency import saliency_scores, top_salient
@@ -69,12 +70,13 @@ def top_mappings(
     k: int = 5,
     *,
     suppress: bool = False,
-    embedding: str = "paper",
+    settings: MapSettings = DEFAULTS,
 ) -> pd.DataFrame:
     """For each source token: its k highest (or, with `suppress`, lowest) entries in the head's M."""
+    hw = hw.with_norms(settings.norms)
     ids = torch.tensor(token_ids, device=hw.device)
-    inputs = InputEmbeddings(hw, ids, embedding)
-    (f,) = head_factors(hw, [layer], inputs.for_layer, heads=lambda _: [head])
+    inputs = InputEmbeddings(hw, ids, settings.embedding)
+    (f,) = head_factors(hw, [layer], inputs.for_layer, heads=lambda _: [head], bias=settings.bias)
     U = hw.unembedding(stored=True)  # the kernel upcasts a bf16 checkpoint's U per block
     values, cols = topk_rows(f.a, f.w_o, U, k, largest=not suppress)
     rows = [
@@ -91,14 +93,22 @@ def top_mappings(
 
 
 def mappings_by_embedding(
-    hw: HeadWeights, tokenizer: Any, layer: int, head: int, token_ids: list[int], k: int = 3
+    hw: HeadWeights,
+    tokenizer: Any,
+    layer: int,
+    head: int,
+    token_ids: list[int],
+    k: int = 3,
+    settings: MapSettings = DEFAULTS,
 ) -> pd.DataFrame:
-    """Top-k targets of each source token under every embedding mode, side by side."""
+    """Top-k targets of each source token under every embedding, side by side."""
     columns = {
-        mode: mapping_strings(
-            top_mappings(hw, tokenizer, layer, head, token_ids, k, embedding=mode)
+        embedding: mapping_strings(
+            top_mappings(
+                hw, tokenizer, layer, head, token_ids, k, settings=settings.but(embedding=embedding)
+            )
         )
-        for mode in EMBEDDING_MODES
+        for embedding in EMBEDDINGS
     }
     return pd.DataFrame(columns)
 
@@ -135,19 +145,20 @@ def salient_mappings(
     top_tokens: int = 30,
     top_mappings: int = 5,
     suppress: bool = False,
-    embedding: str = "paper",
+    settings: MapSettings = DEFAULTS,
     saliency: Tensor | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Each head's most salient tokens and their top (or bottom) mapped tokens, one row per mapping.
 
-    `saliency` may pass `saliency_scores(hw)` for every layer (same embedding mode) to reuse it.
+    `saliency` may pass `saliency_scores(hw)` for every layer (same settings) to reuse it.
     """
     from tqdm import tqdm
 
+    hw = hw.with_norms(settings.norms)
     grouped = _by_layer(heads)
     # E_in before U: a weights-only source drops the first block's MLP before it reads U
-    inputs = InputEmbeddings(hw, None, embedding).prepare(list(grouped))
+    inputs = InputEmbeddings(hw, None, settings.embedding).prepare(list(grouped))
     U = hw.unembedding(stored=True)  # the kernel upcasts a bf16 checkpoint's U per block
     blocks = Blocks.for_device(U.device)
     frames = []
@@ -161,7 +172,9 @@ def salient_mappings(
         # rows of E_in W_VO for every head's own salient tokens, stacked: one pass over U per layer
         union, where = torch.unique(sal_i.to(U.device), return_inverse=True)
         x = inputs.for_layer(layer)[union]
-        factors = head_factors(hw, [layer], lambda _, x=x: x, heads=lambda _, hs=hs: hs)
+        factors = head_factors(
+            hw, [layer], lambda _, x=x: x, heads=lambda _, hs=hs: hs, bias=settings.bias
+        )
         rows = torch.cat([f.a[where[j]] @ f.w_o for j, f in enumerate(factors)])
         vals, cols = _top_targets(rows, U, top_mappings, suppress, blocks)
         vals = vals.reshape(len(hs), -1, vals.shape[1]).cpu()
@@ -219,7 +232,7 @@ def run_salient(
     top_tokens: int = 30,
     top_mappings: int = 5,
     suppress: bool = False,
-    embedding: str = "paper",
+    settings: MapSettings = DEFAULTS,
     saliency: Tensor | None = None,
     recompute: bool = False,
     header: dict[str, Any] | None = None,
@@ -227,32 +240,36 @@ def run_salient(
 ) -> pd.DataFrame:
     """`salient_mappings` of `heads`, cached at `out` (.json, .csv or a folder; None: not written)."""
     mode = "suppress" if suppress else "promote"
-    params = {"model": lm.info(), "top_tokens": top_tokens, "top_mappings": top_mappings}
-    params |= {"embedding": embedding, "mode": mode, "heads": [head_name(*h) for h in heads]}
-
-    def compute() -> Computed:
-        df = salient_mappings(
+    names = [head_name(*h) for h in heads]
+    params = {"top_tokens": top_tokens, "top_mappings": top_mappings, "mode": mode, "heads": names}
+    params |= settings.params("embedding")
+    return run_cached(
+        lm,
+        out,
+        "salient_mappings.json",
+        params,
+        lambda: salient_mappings(
             lm.hw,
             lm.tokenizer,
             heads,
             top_tokens=top_tokens,
             top_mappings=top_mappings,
             suppress=suppress,
-            embedding=embedding,
+            settings=settings,
             saliency=saliency,
             progress=progress,
-        )
-        found = {"model": lm.info(), "heads": params["heads"], "mode": mode}
-        return df, found | {
+        ),
+        found={
+            "heads": names,
+            "mode": mode,
             "top_tokens": top_tokens,
             "top_mappings": top_mappings,
-            "embedding": embedding,
-        }
-
-    protocol = {"saliency": SALIENCY_RULE, "tokens": "raw text and ids; shown with glyphs"}
-    path = None if out is None else table_path(out, "salient_mappings.json")
-    return cached_table(
-        path, params, compute, recompute=recompute, protocol=protocol, header=header, step="salient"
+        },
+        settings=settings,
+        recompute=recompute,
+        protocol={"saliency": SALIENCY_RULE, "tokens": "raw text and ids; shown with glyphs"},
+        header=header,
+        step="salient",
     )
 
 

@@ -20,6 +20,7 @@ from torch import Tensor
 from mapslib.foundation.adapters import HeadWeights
 from mapslib.foundation.embeddings import InputEmbeddings
 from mapslib.foundation.heads import value_factors
+from mapslib.foundation.settings import DEFAULTS, MapSettings
 
 
 def ov_r_factors(hw: HeadWeights, layer: int) -> Tensor:
@@ -42,13 +43,17 @@ def saliency_scores(
     hw: HeadWeights,
     layers: Iterable[int] | None = None,
     *,
-    embedding: str = "paper",
+    settings: MapSettings = DEFAULTS,
     chunk: int = 16384,
     inputs: InputEmbeddings | None = None,
 ) -> Tensor:
-    """sigma_t for every token of the vocabulary, every head of `layers`: (n_layers, n_heads, |V|)."""
+    """sigma_t for every token of the vocabulary, every head of `layers`: (n_layers, n_heads, |V|).
+
+    Saliency is ||e W_VO|| / ||e||: the norms' weights (settings.norms) change it, biases do not
+    enter it (a bias is the same for every token)."""
     layers = list(range(hw.n_layers)) if layers is None else list(layers)
-    inputs = inputs or InputEmbeddings(hw, None, embedding)
+    hw = hw.with_norms(settings.norms)
+    inputs = inputs or InputEmbeddings(hw, None, settings.embedding)
     out = torch.empty(len(layers), hw.n_heads, hw.vocab_size)
     for li, layer in enumerate(layers):
         e_in, r_t = inputs.for_layer(layer), ov_r_factors(hw, layer)

@@ -9,8 +9,8 @@ import jupytext
 import pytest
 import yaml
 
-from mapslib.errors import BadArgument
 from mapslib.book import build as book
+from mapslib.errors import BadArgument
 
 
 def test_every_chapter_is_paired_and_in_sync() -> None:
@@ -231,3 +231,69 @@ def test_regenerate_command_carries_the_chapters_extra_parameters(tmp_path: Path
     assert book.regenerate_command("m", tmp_path) == (
         "python -m mapslib book --model m -p 'label=\"a b\"' -p max_prompts=50 -p random_draws=100"
     )
+
+
+def test_model_index_links_the_head_atlas(tmp_path: Path) -> None:
+    """The part's index links its atlas where render_book writes it, relative to the index's page
+    (_build/html/book/models/<model>/index.html -> _build/html/atlas/<model>/index.html)."""
+    (tmp_path / "models" / "smollm2-135m").mkdir(parents=True)
+    text = book.write_model_index("smollm2-135m", tmp_path).read_text()
+    assert '<a href="../../../atlas/smollm2-135m/index.html">' in text
+
+
+def test_render_book_builds_the_html_then_an_atlas_per_part(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Nothing is executed: jupyter-book renders the executed notebooks, then each model part gets
+    its atlas inside the built HTML."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "synthetic_book", Path(__file__).resolve().parents[1] / "crossmodel" / "synthetic_book.py"
+    )
+    synthetic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(synthetic)
+    synthetic.make_part(tmp_path / "book", "tiny-135m", 2, 2, {})
+    runs = []
+
+    def jupyter_book(cmd: list[str], check: bool) -> None:
+        runs.append(cmd)
+        (tmp_path / "_build" / "html").mkdir(parents=True)
+        (tmp_path / "_build" / "html" / "index.html").write_text("book")
+
+    monkeypatch.setattr(book.subprocess, "run", jupyter_book)
+    index = book.render_book(tmp_path, log=lambda _: None)
+    assert index == tmp_path / "_build" / "html" / "index.html"
+    assert [c[1:] for c in runs] == [["build", str(tmp_path), "--warningiserror", "--keep-going"]]
+    site = tmp_path / "_build" / "html" / "atlas" / "tiny-135m"
+    assert sorted(p.name for p in site.iterdir()) == [
+        "atlas.css",
+        "atlas.js",
+        "data.js",
+        "index.html",
+    ]
+
+
+def test_book_no_execute_skips_papermill_and_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`book --no-execute` (the publishing workflow's step) runs no chapter: jupyter-book's build
+    command and the atlases only."""
+    import papermill
+
+    from mapslib.book import atlas
+    from mapslib.cli import main
+
+    def no_papermill(*args, **kwargs):
+        raise AssertionError("papermill ran")
+
+    seen: dict[str, list] = {"run": [], "atlases": []}
+    monkeypatch.setattr(papermill, "execute_notebook", no_papermill)
+    monkeypatch.setattr(book, "run_chapter", no_papermill)
+    monkeypatch.setattr(book.subprocess, "run", lambda cmd, check: seen["run"].append(cmd))
+    monkeypatch.setattr(
+        atlas, "write_atlases", lambda b, html: seen["atlases"].append((b, html)) or []
+    )
+    assert main(["book", "--no-execute"]) == 0
+    assert [c[1:3] for c in seen["run"]] == [["build", str(book.ROOT)]]
+    assert Path(seen["run"][0][0]).name == "jupyter-book"
+    assert seen["atlases"] == [(book.ROOT / "book", book.ROOT / "_build" / "html")]
+    assert main(["book", "--no-execute", "--chapters", "02"]) == 2  # it runs nothing

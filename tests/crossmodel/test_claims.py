@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mapslib.relation_map.scores import TAU
 from mapslib.crossmodel import claims
-from mapslib.crossmodel.parts import ModelPart, model_parts
 from mapslib.crossmodel.claim_rules import (
     CLAIM_ORDER,
     CLAIM_RULES,
@@ -20,7 +18,9 @@ from mapslib.crossmodel.claim_rules import (
     NOT_TESTABLE,
     SUPPORTED,
 )
+from mapslib.crossmodel.parts import ModelPart, model_parts
 from mapslib.crossmodel.universality import depth_table
+from mapslib.foundation.settings import DEFAULTS
 
 VERDICTS = {SUPPORTED, NOT_SUPPORTED, MIXED, NOT_TESTABLE}
 
@@ -81,7 +81,9 @@ def test_verdict_changes_lists_only_changed_rows(behaviour_book: Path) -> None:
 
 def test_write_tables_with_the_rules_in_the_sidecar(small_book: Path, tmp_path: Path) -> None:
     (part,) = model_parts(small_book)
-    written = claims.write_tables(tmp_path / "out", {"depth": depth_table([part])}, [part], tau=TAU)
+    written = claims.write_tables(
+        tmp_path / "out", {"depth": depth_table([part])}, [part], tau=DEFAULTS.tau
+    )
     assert [p.name for p in written] == ["depth.csv"]
     side = json.loads((tmp_path / "out" / "depth.csv.json").read_text())
     assert side["params"]["models"] == ["tiny-135m"] and "claims" in side["protocol"]

@@ -11,11 +11,11 @@ import pytest
 from scipy.stats import binomtest
 from synthetic_book import make_part, scores_frame, write
 
-from mapslib.relation_map import summary
-from mapslib.relation_map.baseline import baseline_table
-from mapslib.relation_map.scores import TAU
 from mapslib.crossmodel import universality as u
 from mapslib.crossmodel.parts import ModelPart, model_parts
+from mapslib.foundation.settings import DEFAULTS
+from mapslib.relation_map import summary
+from mapslib.relation_map.baseline import baseline_table
 from mapslib.report.reference import GPT2_XL_MAX_SCORES
 
 
@@ -115,18 +115,20 @@ def test_multi_query_and_multi_head_models_are_not_grouped(tmp_path: Path) -> No
 def test_real_tables_match_the_per_model_chapters(real_parts: list[ModelPart]) -> None:
     for p in real_parts:
         scores = p.scores()
-        ov = summary.relation_overview(scores, TAU).set_index(["relation", "mode"])
+        ov = summary.relation_overview(scores, DEFAULTS.tau).set_index(["relation", "mode"])
         for mode in ("promote", "suppress"):
             top = u.max_scores(real_parts, mode)[p.name].dropna()
             expected = ov.xs(mode, level="mode")["max_score"]
             assert top.to_dict() == pytest.approx(expected.to_dict())
         shares = u.head_shares(real_parts).loc[p.name]
-        overview = summary.overview(scores, p.heads, TAU)
+        overview = summary.overview(scores, p.heads, DEFAULTS.tau)
         assert shares["classified heads"] == overview["classified_heads"]
         assert shares["multi-category share"] == overview["multi_category_share"]
         assert shares["suppression share"] == overview["suppression_share"]
         # chapter 03's table
-        total = baseline_table(scores, p.table("baseline_random_scores.csv"), TAU).loc["total"]
+        total = baseline_table(scores, p.table("baseline_random_scores.csv"), DEFAULTS.tau).loc[
+            "total"
+        ]
         row = u.random_baseline_table(real_parts).loc[p.name]
         assert row["random over tau"] == total["random_over_tau"]
         assert row["real relation heads"] == total["real_over_tau"]
@@ -135,11 +137,11 @@ def test_real_tables_match_the_per_model_chapters(real_parts: list[ModelPart]) -
 def test_real_group_sharing_and_depth(real_parts: list[ModelPart]) -> None:
     smol = real_parts[0]
     table = u.group_sharing_table(real_parts, permutations=500)
-    ref = summary.group_sharing(smol.scores(), 9, 3, TAU).set_index("pair")
+    ref = summary.group_sharing(smol.scores(), 9, 3, DEFAULTS.tau).set_index("pair")
     assert table.loc["smollm2-135m", "same-group shared"] == ref.loc["same kv group", "shared"]
     assert table.loc["smollm2-135m", "other-group rate"] == ref.loc["other group", "shared_rate"]
     depth = u.depth_table(real_parts).loc["smollm2-135m"]
-    heads = summary.head_table(smol.scores(), TAU)
+    heads = summary.head_table(smol.scores(), DEFAULTS.tau)
     upper = int((heads["layer"] >= 10).sum())  # thirds of 30 layers: 0-9, 10-19, 20-29
     assert depth["share in upper two thirds"] == upper / len(heads)
     p = binomtest(upper, len(heads), 2 / 3, alternative="greater").pvalue

@@ -35,6 +35,7 @@ from mapslib.foundation.checkpoint import (
     model_tensors,
     write_checkpoint,
 )
+from mapslib.foundation.settings import MapSettings
 from mapslib.relation_map.baseline import random_scores
 from mapslib.relation_map.relations import Relation, TokenizedRelation
 from mapslib.relation_map.scores import relation_scores
@@ -137,14 +138,20 @@ def test_static_analyses_give_the_full_models_numbers(arch: str, dtype: str, sav
     full, streamed = full_model(folder), HeadWeights(CheckpointSource.open(folder))
     rels = [relation("a", full.vocab_size, 40, 0), relation("b", full.vocab_size, 30, 1)]
     for embedding in ("paper", "raw", "mlp0-residual"):
-        kw = dict(k=5, embedding=embedding, sample_stride=4)
+        kw = dict(settings=MapSettings(k=5, embedding=embedding), sample_stride=4)
         want = relation_scores(full, rels, **kw)
         assert relation_scores(streamed, rels, **kw).equals(want), embedding
-    want = relation_scores(full, rels, k=5, bias="value+output", sample_stride=4)
-    assert relation_scores(streamed, rels, k=5, bias="value+output", sample_stride=4).equals(want)
+    want = relation_scores(
+        full, rels, settings=MapSettings(k=5, bias="value+output"), sample_stride=4
+    )
+    assert relation_scores(
+        streamed, rels, settings=MapSettings(k=5, bias="value+output"), sample_stride=4
+    ).equals(want)
     assert torch.equal(saliency_scores(streamed), saliency_scores(full))
     assert torch.equal(head_targets(streamed), head_targets(full))
-    assert random_scores(streamed, rels, k=5).equals(random_scores(full, rels, k=5))
+    assert random_scores(streamed, rels, settings=MapSettings(k=5)).equals(
+        random_scores(full, rels, settings=MapSettings(k=5))
+    )
 
 
 # -- 3. only what MAPS needs, layer by layer --------------------------------------------------------
@@ -162,7 +169,9 @@ def test_reads_only_what_maps_needs_in_order(saved, monkeypatch: pytest.MonkeyPa
 
         monkeypatch.setattr(SafetensorsStore, method, spy)
     hw = HeadWeights(CheckpointSource.open(folder))
-    relation_scores(hw, [relation("a", hw.vocab_size, 40, 0)], layers=[1], k=5)
+    relation_scores(
+        hw, [relation("a", hw.vocab_size, 40, 0)], layers=[1], settings=MapSettings(k=5)
+    )
     layer0 = {f"model.layers.0.{m}" for m in ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
     layer0 |= {"model.layers.0.post_attention_layernorm"}
     layer1 = {"model.layers.1.self_attn.v_proj", "model.layers.1.self_attn.o_proj"}

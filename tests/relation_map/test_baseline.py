@@ -9,6 +9,7 @@ from tiny_models import tiny_model
 
 from mapslib.foundation.adapters import HeadWeights
 from mapslib.foundation.embeddings import InputEmbeddings
+from mapslib.foundation.settings import MapSettings
 from mapslib.relation_map.baseline import (
     baseline_table,
     heads_over_tau,
@@ -78,7 +79,7 @@ def test_random_scores_match_brute_force() -> None:
     src = torch.randint(0, hw.vocab_size, (40,), generator=gen).tolist()
     dst = torch.randint(0, hw.vocab_size, (40,), generator=gen).tolist()
     rels = [relation("r1", src[:25], dst[:25]), relation("r2", src[25:], dst[25:])]
-    df = random_scores(hw, rels, k=5, sample_stride=4)
+    df = random_scores(hw, rels, settings=MapSettings(k=5), sample_stride=4)
     assert list(df.columns) == SCORE_COLUMNS
     assert len(df) == hw.n_layers * hw.n_heads * 2 * 2
     for layer in range(hw.n_layers):
@@ -94,8 +95,8 @@ def test_random_scores_match_brute_force() -> None:
 def test_random_scores_do_not_depend_on_the_layer_subset() -> None:
     hw = HeadWeights(tiny_model("llama"))
     rels = [relation("r", list(range(30)), list(range(30, 60)))]
-    both = random_scores(hw, rels, k=10, heads_per_layer=2)
-    one = random_scores(hw, rels, layers=[1], k=10, heads_per_layer=2)
+    both = random_scores(hw, rels, settings=MapSettings(k=10), heads_per_layer=2)
+    one = random_scores(hw, rels, layers=[1], settings=MapSettings(k=10), heads_per_layer=2)
     pd.testing.assert_frame_equal(both[both["layer"] == 1].reset_index(drop=True), one)
 
 
@@ -103,7 +104,7 @@ def test_copying_relation_random_matrices_rarely_copy() -> None:
     """A diagonal relation is easy for a real copying head, near chance for random matrices."""
     hw = HeadWeights(tiny_model("llama"))
     ids = list(range(3, 63))
-    df = random_scores(hw, [relation("copy", ids, ids)], k=1)
+    df = random_scores(hw, [relation("copy", ids, ids)], settings=MapSettings(k=1))
     assert df["score"].max() < 0.5
 
 

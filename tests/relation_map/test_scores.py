@@ -10,6 +10,7 @@ from mapslib.errors import BadArgument, TooFewPairs
 from mapslib.foundation.adapters import HeadWeights
 from mapslib.foundation.embeddings import embedding_kind
 from mapslib.foundation.heads import parse_layers
+from mapslib.foundation.settings import MapSettings
 from mapslib.relation_map.relations import Relation, TokenizedRelation
 from mapslib.relation_map.scores import SCORE_COLUMNS, default_k, relation_scores
 
@@ -57,7 +58,7 @@ def test_scores_match_brute_force(hw: HeadWeights, embedding: str) -> None:
         synthetic_relation("copy", hw.vocab_size, 40, 0, copying=True),
         synthetic_relation("random", hw.vocab_size, 35, 1),
     ]
-    df = relation_scores(hw, rels, k=None, embedding=embedding, sample_stride=4)
+    df = relation_scores(hw, rels, settings=MapSettings(embedding=embedding), sample_stride=4)
     assert list(df.columns) == SCORE_COLUMNS
     assert len(df) == hw.n_layers * hw.n_heads * 2 * len(rels)
     for row in df.itertuples():
@@ -72,8 +73,8 @@ def test_scores_with_biases_match_brute_force(bias: str) -> None:
     for name in ("gpt2", "qwen2"):
         hw = HeadWeights(tiny_model(name))
         rel = synthetic_relation("random", hw.vocab_size, 35, 1)
-        df = relation_scores(hw, [rel], k=5, bias=bias, sample_stride=4)
-        plain = relation_scores(hw, [rel], k=5, sample_stride=4)
+        df = relation_scores(hw, [rel], settings=MapSettings(k=5, bias=bias), sample_stride=4)
+        plain = relation_scores(hw, [rel], settings=MapSettings(k=5), sample_stride=4)
         for row in df.itertuples():
             want = brute_force(hw, rel, row.layer, row.head, 5, row.mode, "paper", bias)
             assert row.score == pytest.approx(want, abs=1e-6), (name, row)
@@ -94,10 +95,10 @@ def test_k_rule_and_override() -> None:
     assert set(df.loc[df.relation == "copy", "k"]) == {1} and set(
         df.loc[df.relation == "r", "k"]
     ) == {10}
-    df = relation_scores(hw, rels, k=5, layers=[1])
+    df = relation_scores(hw, rels, settings=MapSettings(k=5), layers=[1])
     assert set(df["k"]) == {5} and set(df["layer"]) == {1}
     with pytest.raises(BadArgument):
-        relation_scores(hw, rels, k=0)
+        relation_scores(hw, rels, settings=MapSettings(k=0))
 
 
 def test_larger_k_never_lowers_a_score() -> None:
@@ -105,7 +106,10 @@ def test_larger_k_never_lowers_a_score() -> None:
 
     hw = HeadWeights(tiny_model("gpt2"))
     rels = [synthetic_relation("r", hw.vocab_size, 50, 2)]
-    scores = [relation_scores(hw, rels, k=k)["score"].to_numpy() for k in (1, 5, 20, hw.vocab_size)]
+    scores = [
+        relation_scores(hw, rels, settings=MapSettings(k=k))["score"].to_numpy()
+        for k in (1, 5, 20, hw.vocab_size)
+    ]
     for lo, hi in zip(scores, scores[1:], strict=False):
         assert (hi >= lo).all()
     assert (scores[-1] == 1.0).all()  # k = |V|: every target is in the "top k"
@@ -170,12 +174,14 @@ def test_run_relation_map_caches_each_bias_the_model_has(tmp_path) -> None:
     rel = load_relation(rel_file)
     for name, expected in (("qwen2", ["none", "value"]), ("gemma3", ["none"])):
         lm = LoadedModel(tiny_model(name), WordTokenizer(), name, "local", "-", "r0")
-        maps = maps_by_bias(lm, [rel], tmp_path / name, k=3)
+        maps = maps_by_bias(lm, [rel], tmp_path / name, settings=MapSettings(k=3))
         assert list(maps) == expected
         files = sorted(p.name for p in (tmp_path / name).glob("*.csv"))
         assert len(files) == len(expected)  # one table per bias, named by its parameters
-        again = maps_by_bias(lm, [rel], tmp_path / name, k=3)  # read back, not recomputed
+        again = maps_by_bias(
+            lm, [rel], tmp_path / name, settings=MapSettings(k=3)
+        )  # read back, not recomputed
         for b in expected:
             assert again[b].attrs["sidecar"] == maps[b].attrs["sidecar"]
             assert again[b]["score"].tolist() == maps[b]["score"].tolist()
-    assert (maps_by_bias(lm, [rel], None, k=3)["none"]["n_pairs"] == 40).all()
+    assert (maps_by_bias(lm, [rel], None, settings=MapSettings(k=3))["none"]["n_pairs"] == 40).all()

@@ -9,6 +9,7 @@ from torch.testing import assert_close
 
 from mapslib.foundation.adapters import HeadWeights
 from mapslib.foundation.embeddings import InputEmbeddings
+from mapslib.foundation.settings import MapSettings
 from mapslib.foundation.tokens import shown
 from mapslib.salient.mappings import SALIENT_COLUMNS, mapping_lines, mapping_table, salient_mappings
 from mapslib.salient.saliency import saliency_scores, top_salient
@@ -45,7 +46,9 @@ def brute_saliency(
 @pytest.mark.parametrize("embedding", ["paper", "raw"])
 def test_saliency_matches_brute_force(arch: str, embedding: str) -> None:
     hw = HeadWeights(tiny_model(arch))
-    sal = saliency_scores(hw, embedding=embedding, chunk=37)  # a chunk that does not divide |V|
+    sal = saliency_scores(
+        hw, settings=MapSettings(embedding=embedding), chunk=37
+    )  # a chunk that does not divide |V|
     assert sal.shape == (hw.n_layers, hw.n_heads, hw.vocab_size)
     for layer in range(hw.n_layers):
         for head in range(hw.n_heads):
@@ -137,7 +140,7 @@ def test_zero_norm_token_has_zero_saliency() -> None:
     with torch.no_grad():
         model.model.embed_tokens.weight[5] = 0.0
     hw = HeadWeights(model)
-    sal = saliency_scores(hw, [0], embedding="raw")
+    sal = saliency_scores(hw, [0], settings=MapSettings(embedding="raw"))
     assert sal[0, :, 5].eq(0).all() and torch.isfinite(sal).all()
 
 

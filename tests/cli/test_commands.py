@@ -311,8 +311,8 @@ def test_describe_and_judge_against_a_local_server(
 def test_requests_in_flight_by_backend(argv: list[str], expected: int) -> None:
     import argparse
 
-    from mapslib.cli import _concurrency, _llm_args
+    from mapslib.cli.describe import concurrency, llm_args
 
     p = argparse.ArgumentParser()
-    _llm_args(p)
-    assert _concurrency(p.parse_args(argv)) == expected
+    llm_args(p)
+    assert concurrency(p.parse_args(argv)) == expected
