@@ -23,14 +23,15 @@ from pathlib import Path
 from mapslib.foundation.heads import all_heads
 from mapslib.foundation.io import write_json
 from mapslib.foundation.models import load_model
-from mapslib.salient.describe import Describer, Endpoint, describe_heads, llm_config
-from mapslib.salient.llm_server import (
+from mapslib.llm.client import Endpoint, llm_config
+from mapslib.llm.server import (
     BACKENDS,
     GGUF_BACKENDS,
     LocalServer,
     local_spec,
     slots_for,
 )
+from mapslib.salient.describe import Describer, describe_heads
 from mapslib.salient.mappings import salient_mappings
 
 RESULTS = Path(__file__).parent / "results"

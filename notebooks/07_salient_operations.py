@@ -61,6 +61,7 @@ weights_only = False  # True: read only the weights used, a layer at a time (lar
 from mapslib.book.display import open_chapter
 from mapslib.foundation.heads import all_heads, parse_head
 from mapslib.foundation.settings import MapSettings
+from mapslib.llm.client import speed_summary
 from mapslib.relation_map.relations import load_relations
 from mapslib.relation_map.scores import run_relation_map
 from mapslib.relation_map.summary import strongest_head
@@ -70,7 +71,6 @@ from mapslib.salient.describe import (
     availability_note,
     describe_heads,
     replay_describer,
-    speed_summary,
 )
 from mapslib.salient.judge import (
     JudgeSetup,

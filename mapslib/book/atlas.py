@@ -16,6 +16,7 @@ and its IOI direct effect and role (chapter 10), each linked to the chapter page
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import shutil
@@ -122,31 +123,30 @@ def relation_records(scores: pd.DataFrame, tau: float) -> tuple[list[dict], dict
         }
         for r in names
     ]
-    table = scores.assign(rank=scores.groupby(["relation", "mode"])["score"].transform(ranks))
-    heads: dict[str, dict] = {}
-    for (layer, head), g in table.groupby(["layer", "head"], sort=True):
-        rec: dict[str, Any] = {}
-        for mode in ("promote", "suppress"):
-            by = g[g["mode"] == mode].set_index("relation")
-            rec[mode] = [clean(by["score"].get(r)) for r in names]
-            rec[mode + "_rank"] = [
-                None if pd.isna(x) else int(x) for x in by["rank"].reindex(names)
-            ]
-        over = g[g["score"] >= tau].sort_values(
-            ["score", "mode", "relation"], ascending=[False, True, True]
-        )  # ties: promote first, then by name
-        best = over.iloc[0] if len(over) else None
-        rec["best"] = (
+    wide = scores.pivot_table(index=["layer", "head"], columns=["mode", "relation"], values="score")
+    over = scores[scores["score"] >= tau].sort_values(  # ties: promote first, then by name
+        ["score", "mode", "relation"], ascending=[False, True, True]
+    )
+    best = over.drop_duplicates(["layer", "head"]).set_index(["layer", "head"])
+    heads: dict[str, dict] = {head_key(*i): {} for i in wide.index}
+    for mode in ("promote", "suppress"):
+        table = wide[mode].reindex(columns=names)
+        rank = table.apply(ranks)
+        for i, key in zip(table.index, heads, strict=True):
+            heads[key][mode] = [clean(x) for x in table.loc[i]]
+            heads[key][mode + "_rank"] = [None if pd.isna(x) else int(x) for x in rank.loc[i]]
+    for i, key in zip(wide.index, heads, strict=True):
+        b = best.loc[i] if i in best.index else None
+        heads[key]["best"] = (
             None
-            if best is None
+            if b is None
             else {
-                "relation": best["relation"],
-                "mode": best["mode"],
-                "score": clean(best["score"]),
+                "relation": b["relation"],
+                "mode": b["mode"],
+                "score": clean(b["score"]),
             }
         )
-        rec["category"] = "none" if best is None else category_of(best["relation"])
-        heads[head_key(layer, head)] = rec
+        heads[key]["category"] = "none" if b is None else category_of(b["relation"])
     return relations, heads
 
 
@@ -170,11 +170,14 @@ def mapping_records(salient: pd.DataFrame) -> dict[str, list]:
     the page shows it the way `foundation.tokens.shown` does)."""
     out: dict[str, list] = {}
     ordered = salient.sort_values(["layer", "head", "salient_rank", "rank"])
-    for (layer, head), g in ordered.groupby(["layer", "head"], sort=False):
-        rows = []
-        for _, s in g.groupby("salient_rank", sort=False):
-            rows.append([str(s["source"].iloc[0]), [str(t) for t in s["target"]]])
-        out[head_key(layer, head)] = rows
+    last = None
+    cols = ["layer", "head", "salient_rank", "source", "target"]
+    for layer, head, rank, source, target in ordered[cols].itertuples(index=False):
+        rows = out.setdefault(head_key(layer, head), [])
+        if (layer, head, rank) != last:  # the next salient token
+            rows.append([str(source), []])
+            last = (layer, head, rank)
+        rows[-1][1].append(str(target))
     return out
 
 
@@ -202,10 +205,14 @@ def description_table(part: Any, salient: pd.DataFrame | None) -> tuple[pd.DataF
     llm = ((part.sidecar("judgements.csv") or {}).get("params") or {}).get("llm")
     if salient is None or not llm:
         return None, ""
-    from mapslib.salient.describe import Describer, LLMConfig, describe_heads
+    from dataclasses import fields
 
-    describer = Describer(LLMConfig(**llm))
-    describer.replay = True  # only stored answers: a head without one is "unavailable"
+    from mapslib.llm.client import LLMConfig
+    from mapslib.salient.describe import Describer, describe_heads
+
+    known = {f.name for f in fields(LLMConfig)}
+    config = LLMConfig(**{k: v for k, v in llm.items() if k in known})
+    describer = Describer(config, replay=True)  # stored answers only: else "unavailable"
     return describe_heads(salient, describer=describer), "the committed LLM answers, replayed"
 
 
@@ -405,7 +412,7 @@ def write_site(data: dict[str, Any], out: Path) -> Path:
     for name in ("atlas.js", "atlas.css"):
         write_text(out / name, (ASSETS / name).read_text(encoding="utf-8"))
     write_text(out / "data.js", data_script(data))
-    title = f"Head atlas: {data['model']}"
+    title = html.escape(f"Head atlas: {data['model']}")
     page = (ASSETS / "index.html").read_text(encoding="utf-8").replace("{{title}}", title)
     return write_text(out / "index.html", page)
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from mapslib.book.intro import write_intro
 from mapslib.errors import BadArgument, MapsError
 from mapslib.foundation.io import write_text
 from mapslib.foundation.models import ALIASES, DEFAULT_MODEL, model_slug
+from mapslib.foundation.settings import MapSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
@@ -203,6 +205,7 @@ def run_book(
     `fresh` removes the model's cached tables first, so each is computed once on the current code.
     A chapter that fails raises a MapsError naming the cell's error and the executed notebook.
     """
+    parameters = with_map_settings(parameters or {})
     per_model, book_level = split_chapters(chapters_wanted)
     if not chapters_wanted and not cross_model:
         book_level = []
@@ -353,6 +356,18 @@ def render_book(root: Path = ROOT, log: Callable[[str], None] = logger.info) -> 
     for page in write_atlases(root / "book", index.parent):
         log(f"atlas: {page}")
     return index
+
+
+def with_map_settings(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The parameters with every map setting (`embedding=raw`, `k=5`, ...) gathered into the
+    chapters' `map_settings` and checked now: a bad value fails before any chapter runs, and none is
+    injected where no chapter reads it."""
+    names = {f.name for f in fields(MapSettings)}
+    chosen = dict(parameters.get("map_settings") or {})
+    chosen |= {k: v for k, v in parameters.items() if k in names}
+    MapSettings.from_parameters(**chosen)
+    out = {k: v for k, v in parameters.items() if k not in names and k != "map_settings"}
+    return out | ({"map_settings": chosen} if chosen else {})
 
 
 def parse_parameters(pairs: list[str] | None) -> dict[str, Any]:

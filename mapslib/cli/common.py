@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -174,7 +175,7 @@ def check_static(path: str | None) -> None:
 def header(args: argparse.Namespace, t_load: float) -> dict[str, Any]:
     """What the command line adds to a sidecar: the command, its arguments, the time, load time."""
     return {
-        "command": " ".join(["python -m mapslib", *args.argv]),
+        "command": "python -m mapslib " + shlex.join(args.argv),
         "arguments": {k: v for k, v in vars(args).items() if k != "argv"},
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "timings_s": {"load": round(t_load, 3)},

@@ -18,8 +18,8 @@ def check_llm(args: argparse.Namespace) -> None:
         )
     if not args.describe:
         return
-    from mapslib.salient.describe import require_llm
-    from mapslib.salient.llm_server import local_spec, require_backend
+    from mapslib.llm.client import require_llm
+    from mapslib.llm.server import local_spec, require_backend
 
     if args.llm_concurrency is not None and args.llm_concurrency < 1:
         raise BadArgument(f"--llm-concurrency must be at least 1, got {args.llm_concurrency}")
@@ -34,7 +34,7 @@ def check_llm(args: argparse.Namespace) -> None:
 
 def llm_args(p: argparse.ArgumentParser) -> None:
     """Which LLM describes heads: an OpenAI-compatible API, or a local server the project starts."""
-    from mapslib.salient.llm_server import BACKENDS  # stdlib only: cheap at parser build time
+    from mapslib.llm.server import BACKENDS  # stdlib only: cheap at parser build time
 
     p.add_argument(
         "--llm",
@@ -99,14 +99,15 @@ def concurrency(args: argparse.Namespace) -> int:
 
 def describe(args: argparse.Namespace, salient: Any, out: Path, lm: Any) -> None:
     """Describe (and judge) the heads of `salient`; a local server lives for this call only."""
-    from mapslib.salient.describe import Describer, Endpoint, llm_config
-    from mapslib.salient.llm_server import (
+    from mapslib.llm.client import Endpoint, llm_config
+    from mapslib.llm.server import (
         GGUF_BACKENDS,
         LocalServer,
         local_spec,
         server_record,
         slots_for,
     )
+    from mapslib.salient.describe import Describer
 
     cache = Path(args.llm_cache) if args.llm_cache else None
     if args.llm == "openai":

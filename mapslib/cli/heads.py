@@ -69,9 +69,11 @@ def top_table(df: pd.DataFrame, pairs: list[tuple[str, str]], mode: str, n: int 
     if len(pairs) > 1:
         columns += [f"rank_{i + 1}" for i in range(len(pairs))]
     title = f"top {min(n, len(df))} of {len(df)} heads, {mode}, {asked}:"
-    return (
-        title + "\n" + df.head(n)[columns].rename(columns={"name": "head"}).to_string(index=False)
-    )
+    table = df.head(n)[columns].rename(columns={"name": "head"})
+    mean = table["target_rank"].dtype.kind == "f"  # a mean over pairs; one pair's is an integer
+    mean_rank = {"target_rank": "{:.1f}".format} if mean else None
+    text = table.to_string(index=False, formatters=mean_rank, float_format=lambda x: f"{x:.4g}")
+    return title + "\n" + text
 
 
 @command("heads")

@@ -3,7 +3,7 @@
 Researchers without an API budget, or who cannot send data out, describe heads with an open-weight
 model on their own machine. This module does not serve anything itself: it starts an existing server
 from the ecosystem as a child process on a free localhost port, waits until it answers, hands its URL
-to the describer, and stops it at the end, also on Ctrl-C or an error (it is a context manager).
+to the LLM client, and stops it at the end, also on Ctrl-C or an error (it is a context manager).
 
 Three backends:
 

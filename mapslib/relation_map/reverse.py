@@ -1,15 +1,18 @@
 """Reverse search: which heads map a source token to a target token, e.g. ` France` to ` Paris`?
 
 For a pair (s, t) each head's row of M = E_in W_V W_O U for s is `E_in[s] W_V W_O U` (its factors
-from foundation.heads). The head's target rank is 1 + the number of tokens whose entry in that row
-is greater than M[s, t] (rank 1: t is the head's top target for s); `--suppress` ranks on -M, so it
-counts the entries below. The rank is exact, over all |V| columns of U.
+from foundation.heads, under the map settings: embedding, bias, norms). The head's target rank is
+1 + the number of tokens whose entry in that row is greater than M[s, t] (rank 1: t is the head's
+top target for s); `suppress` ranks on -M, so it counts the entries below. The rank is exact, over
+all |V| columns of U, and `score` is M[s, t] itself (not negated under `suppress`).
 
-Every head is answered in one pass over U: the heads' rows for the sources (one d-vector per head
-and pair, cheap since d_head << d) are stacked and multiplied by U in column blocks, so memory stays
-(rows x block) and nothing |V| x |V|, nor heads x |V|, is formed. Ties follow the kernels' rule
-(foundation.kernels): an entry within rounding error of the target's is a tie and counts on neither
-side, in the target's favour, so two tokens with equal entries both rank ahead of each other.
+Ties follow the kernels' rule (foundation.kernels): an entry within rounding error of the target's
+is a tie and counts on neither side, in the target's favour; two tokens with equal columns of U get
+the same rank. Unlike the relation map, which needs only "is it in the top-k" and decides most rows
+on a sample of U's columns, a rank needs every entry, so every head is answered by one full pass
+over U: the heads' rows for the sources (one d-vector per head and pair, cheap since d_head << d)
+are stacked and multiplied by U in column blocks. Memory stays (rows x block); nothing |V| x |V|,
+nor heads x |V|, is formed.
 
 Several pairs: `target_rank` and `score` are the means over the pairs, and `rank_i` / `score_i`
 (i = 1, 2, ... in the order given) are each pair's own.

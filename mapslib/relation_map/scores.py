@@ -217,7 +217,7 @@ def run_relation_map(
     return run_cached(
         lm,
         out,
-        _table_name(params, relations, hw.n_layers, settings),
+        _table_name({"model": lm.info(), **params}, relations, hw.n_layers, settings),
         params,
         lambda: relation_scores(
             hw, kept, layers=layers, settings=settings, progress=progress, stats=stats

@@ -162,3 +162,22 @@ def test_the_built_html_loads_no_remote_script(built: Path) -> None:
     for page in pages:
         assert remote_scripts(page.read_text()) == [], page.name
     assert remote_scripts('<script src="https://cdn.example/x.js">') == ["https://cdn.example/x.js"]
+
+
+def test_a_card_says_what_was_not_measured(tmp_path: Path) -> None:
+    """A part with only its relation map: the card shows the scores and, for every other section,
+    "not measured for this model" (naming the table), never a number."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "synthetic_book", Path(__file__).resolve().parents[1] / "crossmodel" / "synthetic_book.py"
+    )
+    synthetic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(synthetic)
+    synthetic.make_part(tmp_path / "book", "tiny-135m", 4, 4, synthetic.SMALL)
+    atlas.write_atlas("tiny-135m", tmp_path / "site", book=tmp_path / "book")
+    dom = dump_dom(f"{(tmp_path / 'site').as_uri()}/index.html#2.0", tmp_path / "profile")
+    assert parse(dom).cells[("score", "name_copying", "promote")].startswith("0.800")
+    for table in ("salient_mappings.json", "judgements.csv", "output_space.csv",
+                  "dynamic_scores.csv", "ablation.csv", "known_heads.csv"):  # fmt: skip
+        assert f"not measured for this model (its part has no data/{table}" in dom

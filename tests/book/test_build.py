@@ -297,3 +297,11 @@ def test_book_no_execute_skips_papermill_and_builds(monkeypatch: pytest.MonkeyPa
     assert Path(seen["run"][0][0]).name == "jupyter-book"
     assert seen["atlases"] == [(book.ROOT / "book", book.ROOT / "_build" / "html")]
     assert main(["book", "--no-execute", "--chapters", "02"]) == 2  # it runs nothing
+
+
+def test_map_settings_given_one_by_one_reach_the_chapters_as_one_dict() -> None:
+    params = book.with_map_settings({"device": "cpu", "embedding": "raw", "k": 5})
+    assert params == {"device": "cpu", "map_settings": {"embedding": "raw", "k": 5}}
+    assert book.with_map_settings({"device": "cpu"}) == {"device": "cpu"}
+    with pytest.raises(BadArgument, match="unknown norms 'apply'; choose one of ignore, fold"):
+        book.with_map_settings({"norms": "apply"})

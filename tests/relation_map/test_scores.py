@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_models import tiny_model
@@ -185,3 +188,19 @@ def test_run_relation_map_caches_each_bias_the_model_has(tmp_path) -> None:
             assert again[b].attrs["sidecar"] == maps[b].attrs["sidecar"]
             assert again[b]["score"].tolist() == maps[b]["score"].tolist()
     assert (maps_by_bias(lm, [rel], None, settings=MapSettings(k=3))["none"]["n_pairs"] == 40).all()
+
+
+def test_committed_maps_keep_their_names() -> None:
+    """A map made with other settings is named by a hash of its parameters: the committed tables
+    must be found under the names they were written with (or every chapter recomputes them)."""
+    from mapslib.relation_map.relations import REGISTRY, load_relations
+    from mapslib.relation_map.scores import _table_name
+
+    data = Path(__file__).parents[2] / "book" / "models" / "smollm2-135m" / "data"
+    relations = load_relations(list(REGISTRY))
+    for path in sorted(data.glob("relation_scores*.csv")):
+        params = json.loads(path.with_name(path.name + ".json").read_text())["params"]
+        settings = MapSettings.from_parameters(
+            **{k: params.get(k) for k in ("embedding", "k", "min_pairs", "bias", "norms")}
+        )
+        assert _table_name(params, relations, 30, settings) == path.name

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from fake_llm import KEY, FakeServer
 
-from mapslib.salient.describe import Describer, LLMConfig
+from mapslib.llm.client import LLMConfig
+from mapslib.salient.describe import Describer
 from mapslib.salient.judge import (
     JudgeSetup,
     accuracy_by_layer,

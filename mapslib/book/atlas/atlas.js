@@ -49,7 +49,10 @@ const tok = (text) => el("span", { class: "tok" }, shown(text));
 const norm = (text) => text.replace(/\u2423/g, " ").trim().toLowerCase();
 
 const fmt = (x, digits = 3) => (x === null || x === undefined ? "–" : x.toFixed(digits));
-const missing = () => el("p", { class: "missing" }, "not measured for this model");
+// A part without the table a section reads: say so, and which table, never show a value.
+const missing = (table) => el("span", { class: "missing" },
+  `not measured for this model (its part has no data/${table})`);
+const missingBlock = (table) => el("p", {}, missing(table));
 function chapterLink(number) {
   const url = A.chapters[number];
   return url ? el("a", { href: url, class: "chapter" }, CHAPTER_NAMES[number]) : null;
@@ -157,22 +160,27 @@ function mappingList(rows) {
 
 function describe(h) {
   const out = [];
-  if (!A.measured.mappings) out.push(el("p", {}, "Salient mappings: ", missing()));
-  else if (!h.mappings.length) out.push(el("p", { class: "missing" }, "no salient mappings for this head"));
-  else out.push(el("p", {}, "Most salient tokens, each with the 5 tokens the head's map M scores highest:"),
-    mappingList(h.mappings));
-  out.push(el("p", {}, el("b", {}, "Offline labeller: "), !h.label ? missing()
+  if (!A.measured.mappings) {
+    out.push(el("p", {}, el("b", {}, "Salient mappings: "), missing("salient_mappings.json")));
+  } else if (!h.mappings.length) {
+    out.push(el("p", { class: "missing" }, "no salient mappings for this head"));
+  } else {
+    out.push(el("p", {}, "Most salient tokens, each with the 5 tokens the head's map M scores highest:"),
+      mappingList(h.mappings));
+  }
+  out.push(el("p", {}, el("b", {}, "Offline labeller: "), !h.label ? missing("salient_mappings.json")
     : h.label.label === "none" ? `no operation explains half of the salient tokens (best share ${fmt(h.label.share, 2)})`
     : `${h.label.label} (${Math.round(h.label.share * 100)}% of the salient tokens)`
       + (h.label.labels.includes(",") ? `; all labels: ${h.label.labels}` : "")));
   const llm = h.llm;
-  if (!llm) out.push(el("p", {}, el("b", {}, "LLM description: "), missing()));
+  if (!llm) out.push(el("p", {}, el("b", {}, "LLM description: "),
+    missing("descriptions.csv, nor the salient_mappings.json to replay the committed answers")));
   else if (llm.status === "pattern") out.push(el("p", {}, el("b", {}, "LLM description"),
     el("small", {}, ` (${llm.source})`), ":"),
     el("blockquote", {}, el("div", {}, "Pattern: ", llm.pattern), el("div", {}, "Inputs: ", llm.inputs)));
   else out.push(el("p", {}, el("b", {}, "LLM description: "),
     llm.status === "no pattern" ? "“Unclear”: no pattern found" : `none (${llm.status})`));
-  out.push(el("p", {}, el("b", {}, "Judge: "), !A.measured.judge ? missing() : !h.judge
+  out.push(el("p", {}, el("b", {}, "Judge: "), !A.measured.judge ? missing("judgements.csv") : !h.judge
     ? "not judged (no description)"
     : `${Math.round(h.judge.accuracy * h.judge.questions)} of ${h.judge.questions} held-out tokens `
       + `matched to their real mappings from the description alone (accuracy ${fmt(h.judge.accuracy, 2)}; chance 0.25)`));
@@ -180,7 +188,7 @@ function describe(h) {
 }
 
 function globality(g) {
-  if (!g) return missing();
+  if (!g) return missingBlock("output_space.csv");
   const how = g.exact ? "exact, over the whole vocabulary" : `over ${g.n_sources} sampled source tokens`;
   return el("p", {}, el("b", {}, g.kind), ` (its output space is larger than ${Math.round(g.above * 100)}% `
     + `of this model's heads'; above the median head counts as global). Output-space size ${fmt(g.size_sample, 4)}`
@@ -189,7 +197,7 @@ function globality(g) {
 }
 
 function dynamic(rows) {
-  if (rows === null) return missing();
+  if (rows === null) return missingBlock("dynamic_scores.csv");
   if (!rows.length) return el("p", {}, "Static and dynamic scores are 0 on every relation.");
   return el("table", { class: "data" },
     el("thead", {}, el("tr", {}, ["relation", "mode"].map((t) => el("th", {}, t)),
@@ -202,7 +210,7 @@ function dynamic(rows) {
 }
 
 function ablation(rows) {
-  if (rows === null) return missing();
+  if (rows === null) return missingBlock("ablation.csv");
   if (!rows.length) return el("p", {}, "Not among the relation heads ablated for any relation.");
   return el("ul", {}, rows.map((r) => el("li", {}, el("b", {}, r.relation),
     `: relation head ${r.position} of ${r.n_heads} (removed in score order); task accuracy `
@@ -212,7 +220,7 @@ function ablation(rows) {
 }
 
 function ioi(x) {
-  if (!x) return missing();
+  if (!x) return missingBlock("known_heads.csv");
   return el("p", {}, `Direct effect on logit(IO) − logit(S): ${fmt(x.direct_effect, 4)} `
     + `(sd over prompts ${fmt(x.direct_effect_sd, 4)}; robust z ${fmt(x.robust_z, 1)}). Attention to IO `
     + `${fmt(x.attn_io)}, to S ${fmt(x.attn_s)}. Role: `, el("b", {}, x.role === "-" ? "none" : x.role), ".");
@@ -245,7 +253,9 @@ function card(h) {
 // -- search ------------------------------------------------------------------------------------------
 function tokenSearch(query) {
   const q = norm(query);
-  if (!A.measured.mappings) return [el("h2", {}, `Heads mapping “${query}”`), missing()];
+  if (!A.measured.mappings) {
+    return [el("h2", {}, `Heads mapping “${query}”`), missingBlock("salient_mappings.json")];
+  }
   const hits = [];
   for (const h of A.heads) {
     let src = 0, tgt = 0;
@@ -286,12 +296,26 @@ function categorySearch(cat) {
       h.best ? ` ${h.best.relation} (${h.best.mode}, ${fmt(h.best.score)})` : "")))];
 }
 
-function home() {
+function home() {  // the strongest head of every relation, in both modes: a way in
+  const strongest = (i, mode) => {
+    const best = A.heads.reduce((a, h) => (h[mode][i] > a[mode][i] ? h : a));
+    const over = A.heads.filter((h) => h[mode][i] >= A.tau).length;
+    return [el("td", { class: "num" }, over),
+      el("td", {}, best[mode][i] > 0 ? [el("a", { href: "#" + best.name }, best.name), ` ${fmt(best[mode][i])}`] : "–")];
+  };
+  const rows = A.relations.map((r, i) => el("tr", {},
+    el("td", {}, el("a", { href: `#relation=${encodeURIComponent(r.name)}&mode=promote` }, r.name)),
+    el("td", {}, r.category), strongest(i, "promote"), strongest(i, "suppress")));
   return [el("h2", {}, "A card per head"),
     el("p", {}, "Click a head in the grid for everything the book measured about it, or search: by token "
-      + "(heads whose salient mappings hold it), by relation (heads ranked by score) or by category."),
-    el("p", { class: "muted" }, "Each card links to the chapter that measured each part. A part the "
-      + "model's chapters have not measured says so.")];
+      + "(heads whose salient mappings hold it), by relation (heads ranked by score) or by category. "
+      + "Each card links to the chapter that measured each part; what this model's chapters have not "
+      + "measured says so."),
+    el("table", { class: "data" },
+      el("thead", {}, el("tr", {}, ["relation", "category"].map((t) => el("th", {}, t)),
+        el("th", { class: "num" }, "promote ≥τ"), el("th", {}, "strongest"),
+        el("th", { class: "num" }, "suppress ≥τ"), el("th", {}, "strongest"))),
+      el("tbody", {}, rows))];
 }
 
 // -- routing: the hash says what the panel shows ------------------------------------------------------

@@ -1,31 +1,30 @@
 """The local LLM server: started, used and stopped for real, and every way it can fail.
 
 `transformers serve` (pure Python, in requirements.txt) serves a tiny random Llama saved to a temp
-folder with SmolLM2's real tokenizer and chat template: the whole describe path runs against a real
-server. Its answers are noise, so they end as recorded failures, which is itself a path to test.
-When llama-cpp-python is installed (`make setup-llm`) or llama.cpp's llama-server is built (`make
-setup-llm-server`), the same path runs against each on the real SmolLM2-135M-Instruct GGUF, whose
-grammar-constrained JSON always parses.
+folder with SmolLM2's real tokenizer and chat template: the client asks a real server. Its answers
+are noise, so they end as recorded failures, which is itself a path to test. (Describing heads with
+the llama.cpp servers is tested in tests/salient/test_describe.py.)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mapslib.errors import MapsError
 from mapslib.foundation.packaged import ALIASES
-from mapslib.salient import llm_server
-from mapslib.salient.describe import Describer, Endpoint, LLMConfig, describe_heads
-from mapslib.salient.llm_server import (
+from mapslib.llm import server as llm_server
+from mapslib.llm.client import Endpoint, LLMClient, LLMConfig
+from mapslib.llm.server import (
     LLMServerError,
     LocalServer,
     ServerSpec,
@@ -33,33 +32,6 @@ from mapslib.salient.llm_server import (
     local_spec,
     require_backend,
 )
-
-LINES = ["␣John -> ␣John, John, ␣J", "␣Mary -> ␣Mary, Mary, ␣M"]
-
-
-def salient_table(heads: list[tuple[int, int]]) -> pd.DataFrame:
-    """A minimal salient_mappings table: two salient tokens with one target each, per head (the
-    heads differ, so each is its own request)."""
-    rows = []
-    for i, (layer, head) in enumerate(heads):
-        pairs = [("␣John", "␣John"), ("␣Mary", "␣Mary"), ("␣Paris", "␣France")]
-        for s, (src, tgt) in enumerate(pairs[i % 3 :] + pairs[: i % 3], start=1):
-            rows.append(
-                dict(
-                    layer=layer,
-                    head=head,
-                    name=f"{layer}.{head}",
-                    salient_rank=s,
-                    source_id=s,
-                    source=src.replace("␣", " "),
-                    saliency=1.0,
-                    rank=1,
-                    target_id=s,
-                    target=tgt.replace("␣", " "),
-                    score=1.0,
-                )
-            )
-    return pd.DataFrame(rows)
 
 
 @pytest.fixture(scope="module")
@@ -229,26 +201,42 @@ needs_transformers = pytest.mark.skipif(
 )
 
 
+def parse_json(text: str | None) -> dict | None:
+    """A JSON object, else None (the client asks again)."""
+    try:
+        obj = json.loads(text or "")
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def client_for(server: LocalServer, config: LLMConfig, cache: Path) -> LLMClient:
+    """A client of the started server, stopped at once should the server die."""
+    endpoint = Endpoint(server.base_url, model=server.request_model)
+    return LLMClient(config, cache=cache, endpoint=endpoint, health=server.failure)
+
+
 @needs_transformers
-def test_real_transformers_server_describe_path(tiny_folder: Path, tmp_path: Path) -> None:
-    """Start, answer concurrent requests, record noise as failures (nothing cached), stop."""
+def test_real_transformers_server_answers_concurrent_requests(
+    tiny_folder: Path, tmp_path: Path
+) -> None:
+    """Start, answer concurrent requests, report noise as failures (nothing cached), stop."""
     spec = replace(local_spec(str(tiny_folder), "transformers"), startup_timeout=180)
     config = LLMConfig(model=spec.name, max_tokens=8, max_attempts=2, backoff=0.01, timeout=120)
+    questions = [
+        [{"role": "user", "content": f"Name a {w} as JSON."}] for w in ("city", "dog", "sea")
+    ]
     with LocalServer(spec) as server:
         assert server.healthy()
-        d = Describer(
-            config,
-            cache=tmp_path / "answers",
-            endpoint=Endpoint(server.base_url, model=server.request_model),
-            health=server.failure,
-        )
-        out = describe_heads(salient_table([(0, 0), (0, 1), (1, 0)]), describer=d, concurrency=3)
+        client = client_for(server, config, tmp_path / "answers")
+        with ThreadPoolExecutor(max_workers=len(questions)) as pool:
+            answers = list(pool.map(lambda m: client.ask(m, parse_json), questions))
         process = server.process
     assert process is not None and process.poll() is not None  # stopped at the end of the block
-    assert list(out["name"]) == ["0.0", "0.1", "1.0"]
-    # a random model writes noise: 8 tokens cannot hold the JSON, so every head fails after retries
-    assert set(out["status"]) == {"failed"} and (out["attempts"] == 2).all()
-    assert d.requests >= 6 and not list((tmp_path / "answers").rglob("*.json"))
+    # a random model writes noise: 8 tokens cannot hold a JSON object, so every request fails
+    assert all(record is None and error for record, error in answers)
+    assert client.requests >= 2 * len(questions)
+    assert not list((tmp_path / "answers").rglob("*.json"))
 
 
 @needs_transformers
@@ -261,14 +249,10 @@ def test_a_server_dying_mid_run_stops_the_run_with_a_resume_hint(
         assert server.process is not None
         server.process.kill()
         server.process.wait()
-        d = Describer(
-            config,
-            cache=tmp_path,
-            endpoint=Endpoint(server.base_url, model=server.request_model),
-            health=server.failure,
-        )
+        client = client_for(server, config, tmp_path)
         with pytest.raises(LLMServerError, match="stopped during the run.*rerun the same command"):
-            describe_heads(salient_table([(0, 0)]), describer=d)
+            client.ask([{"role": "user", "content": "Hello."}], parse_json)
+    assert client.requests == 1
 
 
 def test_an_error_inside_the_block_stops_the_server(
@@ -292,50 +276,6 @@ def test_an_error_inside_the_block_stops_the_server(
     assert not server.alive()
 
 
-GGUF_SERVERS = [
-    pytest.param(
-        "llama-cpp",
-        marks=pytest.mark.skipif(
-            not backend_installed("llama-cpp"),
-            reason="llama-cpp-python[server] is not installed (make setup-llm)",
-        ),
-    ),
-    pytest.param(
-        "llama-server",
-        marks=pytest.mark.skipif(
-            not backend_installed("llama-server"),
-            reason="llama.cpp's llama-server is not built (make setup-llm-server)",
-        ),
-    ),
-]
-
-
-@pytest.mark.parametrize("backend", GGUF_SERVERS)
-def test_real_llama_cpp_server_describes_caches_and_replays(backend: str, tmp_path: Path) -> None:
-    """SmolLM2-135M-Instruct under grammar-constrained JSON: answers that parse are cached, one
-    that runs past max_tokens is retried and then recorded as a failure naming why (seen on head
-    0.0: a 135M model can ramble); a rerun with no server answers from the cache alone."""
-    spec = local_spec("smollm2-135m", backend, threads=2)
-    config = LLMConfig(model=spec.name, max_tokens=200, json_schema=True, timeout=300)
-    table = salient_table([(0, 0), (3, 1)])
-    with LocalServer(spec) as server:
-        d = Describer(
-            config,
-            cache=tmp_path,
-            endpoint=Endpoint(server.base_url, model=server.request_model),
-            health=server.failure,
-        )
-        first = describe_heads(table, describer=d)
-    ok = first["status"].isin(["pattern", "no pattern"])
-    assert ok.any() and (first.loc[~ok, "status"] == "failed").all()
-    assert (first.loc[~ok, "error"].str.len() > 0).all() and (first.loc[~ok, "attempts"] > 1).all()
-    assert len(list(tmp_path.rglob("*.json"))) == ok.sum()
-    replay = Describer(config, cache=tmp_path, read_also=())
-    again = describe_heads(table, describer=replay, cache_only=True)
-    assert again.loc[ok, "cached"].all() and replay.requests == 0
-    assert list(again.loc[ok, "pattern"]) == list(first.loc[ok, "pattern"])
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux only")
 def test_a_killed_run_leaves_no_server_behind(tiny_folder: Path, tmp_path: Path) -> None:
     """A run killed with SIGKILL cannot clean up; the server dies with it all the same."""
@@ -346,8 +286,8 @@ def test_a_killed_run_leaves_no_server_behind(tiny_folder: Path, tmp_path: Path)
 
     code = (
         "import sys, time\n"
-        "from mapslib.salient import llm_server\n"
-        "from mapslib.salient.llm_server import LocalServer, ServerSpec\n"
+        "from mapslib.llm import server as llm_server\n"
+        "from mapslib.llm.server import LocalServer, ServerSpec\n"
         "llm_server.server_command = lambda spec, port: [sys.executable, '-m', 'http.server', str(port), '--bind', '127.0.0.1']\n"
         "llm_server.LocalServer.healthy = lambda self: True\n"
         f"llm_server.log_dir = lambda: __import__('pathlib').Path({str(tmp_path)!r})\n"
