@@ -9,7 +9,7 @@ DEVICE ?= auto
 # the llama-cpp-python release (setup-llm), and the llama.cpp it vendors (setup-llm-server)
 LLAMA_CPP_PYTHON := 0.3.36
 
-.PHONY: setup setup-llm setup-llm-server describe book test lint unit nbval bench clean
+.PHONY: setup setup-llm setup-llm-server setup-browser describe book test lint unit nbval bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -65,7 +65,14 @@ lint: setup
 	$(BIN)/ruff check mapslib tests notebooks benchmarks
 	$(BIN)/ruff format --check mapslib tests benchmarks
 
-unit: setup
+# Debian's chromium for the browser tests (tests/book/test_browser.py), installed where missing and
+# possible; where it cannot be, those tests skip and say why.
+setup-browser:
+	@command -v chromium > /dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null && \
+		apt-get update -qq > /dev/null && apt-get install -y -qq chromium > /dev/null; } || \
+		echo "chromium is not installed and could not be: the browser tests will skip"
+
+unit: setup setup-browser
 	$(BIN)/python -m pytest -q tests
 
 # nbval re-executes copies of the committed executed notebooks (so their data/ is not rewritten) and

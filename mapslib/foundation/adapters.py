@@ -369,8 +369,12 @@ class HeadWeights:
         return None if path is None else self.source.get(f"{path}.bias")
 
     def with_norms(self, norms: str) -> HeadWeights:
-        """These weights under a norm convention (settings.NORMS): `ignore` (the paper's: no norm
-        weights) is this object; `fold` a NormFolded view on the same source, made once."""
+        """These weights with the norm weights of settings.NORMS applied: `ignore` adds none and
+        returns this object; `fold` a NormFolded view on the same source, made once.
+
+        Folded weights stay folded: `ignore` adds nothing and `fold` is not applied twice, so an
+        analysis given `hw.with_norms("fold")` and the default settings (which call
+        `with_norms("ignore")`) reads the folded map. The plain weights are its `base`."""
         if norms not in NORMS:
             raise BadArgument(f"unknown norms {norms!r}; choose one of {', '.join(NORMS)}")
         if norms == "ignore":
@@ -533,8 +537,9 @@ class NormFolded(HeadWeights):
         self._norm_tensors: dict[str, Tensor | None] = {}
 
     def with_norms(self, norms: str) -> HeadWeights:
-        """The same conventions as the plain weights': `ignore` gives them back."""
-        return self.base.with_norms(norms)
+        """This object for either value: the norms are folded already (`ignore` adds none)."""
+        self.base.with_norms(norms)  # the same check of the value
+        return self
 
     def _kept(self, name: str, read: Callable[[], Tensor | None]) -> Tensor | None:
         """A norm's weight or bias, read from the source once (d numbers)."""

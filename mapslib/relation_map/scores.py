@@ -46,8 +46,8 @@ BIAS_RULE = {
 NORMS_RULE = {
     "ignore": "no norm weights, as in the paper's code",
     "fold": "every norm weight on the path folded in as the forward pass applies it (the layer's "
-    "input norm before W_V, a post-attention norm after W_O, the final norm before U); the norms' "
-    "positive per-row scales are left out, as they change no top-k",
+    "input norm into W_V; a post-attention norm and the final norm into W_O's output side, the same "
+    "M as before U); the norms' positive per-row scales are left out, as they change no top-k",
 }
 
 

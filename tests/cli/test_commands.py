@@ -135,7 +135,7 @@ def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "--out must end in .csv" in _error(
         ["relations", "--out", str(tmp_path / "a.txt")], capsys
     )
-    assert "--k must be a positive" in _error(
+    assert "k must be a positive" in _error(
         ["relations", "--k", "0", "--out", str(tmp_path / "a.csv")], capsys
     )
     assert "unknown relation" in _error(

@@ -26,7 +26,9 @@ from mapslib.foundation.adapters import HeadWeights, NormFolded
 from mapslib.foundation.checkpoint import CheckpointSource, SafetensorsStore
 from mapslib.foundation.embeddings import InputEmbeddings
 from mapslib.foundation.heads import head_factors
-from mapslib.foundation.settings import NORMS
+from mapslib.foundation.settings import NORMS, MapSettings
+from mapslib.relation_map.relations import Relation, TokenizedRelation
+from mapslib.relation_map.scores import relation_scores
 
 TOKENS = torch.tensor([3, 17, 50, 64, 99, 127])
 TOP_K = 5
@@ -159,11 +161,13 @@ def test_ignore_is_the_plain_weights(arch: str, model, hw: HeadWeights) -> None:
 
 def test_fold_changes_only_the_head_weights(hw: HeadWeights) -> None:
     """The folded view shares the source: E, U (no copy), E_in, dimensions are the same; W_V and
-    W_O differ (the norm weights are not ones); the view is made once and `ignore` returns back."""
+    W_O differ (the norm weights are not ones); the view is made once, and it stays folded
+    (`ignore` adds no norm, `fold` is not applied twice), so an analysis given it with the
+    default settings reads the folded map; its `base` is the plain weights."""
     folded = hw.with_norms("fold")
     assert isinstance(folded, NormFolded) and folded.norms == "fold"
     assert hw.with_norms("fold") is folded and folded.with_norms("fold") is folded
-    assert folded.with_norms("ignore") is hw
+    assert folded.with_norms("ignore") is folded and folded.base is hw
     assert folded.describe() == hw.describe() and folded.source is hw.source
     assert folded.unembedding().data_ptr() == hw.unembedding().data_ptr()
     assert torch.equal(folded.embedding(), hw.embedding())
@@ -203,6 +207,28 @@ def test_fold_formulas(arch: str, hw: HeadWeights) -> None:
         assert_close(
             folded.b_V(layer), hw.b_V(layer) + torch.einsum("d,gde->ge", beta, hw.W_V(layer))
         )
+
+
+def _relation(vocab: int, n: int, seed: int) -> TokenizedRelation:
+    """A relation over random token ids (tiny models have no words)."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(3, vocab, (n,), generator=g).tolist()
+    dst = torch.randint(3, vocab, (n,), generator=g).tolist()
+    pairs = tuple((str(s), str(t)) for s, t in zip(src, dst, strict=True))
+    rel = Relation(f"r{seed}", pairs, "custom", f"r{seed}", False, "<synthetic>", "0")
+    return TokenizedRelation(rel, pairs, tuple(src), tuple(dst))
+
+
+def test_relation_scores_read_the_folded_map(arch: str, hw: HeadWeights) -> None:
+    """The relation map, unchanged, folds by its settings or by the weights it is given, alike;
+    and the folded table is not the plain one."""
+    rels = [_relation(hw.vocab_size, 60, seed) for seed in range(3)]
+    settings = MapSettings(k=3, min_pairs=1)
+    plain = relation_scores(hw, rels, settings=settings, sample_stride=4)
+    by_settings = relation_scores(hw, rels, settings=settings.but(norms="fold"), sample_stride=4)
+    by_weights = relation_scores(hw.with_norms("fold"), rels, settings=settings, sample_stride=4)
+    assert by_weights.equals(by_settings)
+    assert not by_settings["score"].equals(plain["score"])
 
 
 # -- 3. weights only --------------------------------------------------------------------------------
