@@ -65,10 +65,12 @@ def chapter_span(chapters: Sequence[str]) -> str:
 
 
 def extra_parameters(notebook: Path) -> dict[str, Any]:
-    """The parameters papermill passed to an executed chapter beyond the model, layout and device."""
+    """The parameters papermill passed to an executed chapter beyond the model, layout and device,
+    among those the chapter declares (`book -p` passes every parameter to every chapter)."""
     meta = json.loads(notebook.read_text(encoding="utf-8")).get("metadata", {})
     passed = meta.get("papermill", {}).get("parameters", {})
-    return {k: v for k, v in sorted(passed.items()) if k not in LAYOUT}
+    declared = declared_defaults(notebook)
+    return {k: v for k, v in sorted(passed.items()) if k not in LAYOUT and k in declared}
 
 
 def declared_defaults(notebook: Path) -> dict[str, Any]:

@@ -65,8 +65,8 @@ def small_book(tmp_path: Path) -> Path:
     executed(
         tmp_path / "models" / "mine",
         "05_causal_ablation",
-        layout | {"max_prompts": 50, "seed": 1},
-        'max_prompts = 100  # prompts per task\nrandom_draws = 200\nembedding = "paper"\n',
+        layout | {"max_prompts": 50, "seed": 1, "random": 7},  # `random`: not declared
+        'max_prompts = 100  # prompts per task\nrandom_draws = 200\nseed = 0\n',
     )
     (tmp_path / "cross_model").mkdir()
     (tmp_path / "cross_model" / "09_universality.ipynb").write_text("{}")
@@ -85,8 +85,8 @@ def test_parts_say_what_they_hold(small_book: Path) -> None:
     assert "Every chapter (1-2, 5 and 10)." in default
     assert "Chapters 1 and 5; not yet executed: 2 and 10." in mine
     # extra parameters beside the chapter's own defaults; model, out_dir and device are not extras
-    assert "Chapter 5 was executed with `max_prompts=50` (default 100), `seed=1`." in mine
-    assert "device" not in passage
+    assert "Chapter 5 was executed with `max_prompts=50` (default 100), `seed=1` (default 0)." in mine
+    assert "device" not in passage and "random=7" not in passage  # only declared ones
     assert "- **Across models**: chapter 9" in passage
     assert "Heads implementing" not in passage  # no relation map yet: nothing read from tables
 
