@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # mapslib, when not pip-installed
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_models, for tests in subfolders
 
+from fake_llm import KEY, FakeServer
 from tiny_models import ARCHS, tiny_model
 
 from mapslib.foundation.adapters import HeadWeights
@@ -45,3 +46,13 @@ def smollm2():
 def smollm2_hw(smollm2) -> HeadWeights:
     """HeadWeights of SmolLM2-135M."""
     return HeadWeights(smollm2.model)
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch):
+    """A scripted chat-completions server that the openai client reaches through the environment."""
+    srv = FakeServer()
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
+    yield srv
+    srv.close()

@@ -89,3 +89,12 @@ class FakeServer:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def parse_json(text: str | None) -> dict | None:
+    """A JSON object, else None (the client asks again)."""
+    try:
+        obj = json.loads(text or "")
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None

@@ -9,7 +9,6 @@ from mapslib.cli.common import (
     check_positive,
     check_static,
     command,
-    header,
     load,
     log,
     model_args,
@@ -17,6 +16,7 @@ from mapslib.cli.common import (
     positive_or_all,
     progress,
     relations_arg,
+    run_options,
     settings_args,
     settings_from,
 )
@@ -91,10 +91,7 @@ def cmd_correlate(args: argparse.Namespace) -> None:
         max_pairs=args.max_pairs,
         seed=args.seed,
         batch_rows=args.batch_rows,
-        settings=settings,
-        recompute=True,
-        header=header(args, t_load),
-        progress=progress(),
+        **run_options(args, settings, t_load),
     )
     corr = correlations(static, dynamic)
     write_table(out, corr, dynamic.attrs["sidecar"] | {"static": static.attrs["source"]})
@@ -154,10 +151,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
         seed=args.seed,
         batch_rows=args.batch_rows,
         static_source=static.attrs["source"],
-        settings=settings,
-        recompute=True,
-        header=header(args, t_load),
-        progress=progress(),
+        **run_options(args, settings, t_load),
     )
     side = df.attrs["sidecar"]
     log(
@@ -210,10 +204,7 @@ def cmd_known_heads(args: argparse.Namespace) -> None:
         n_prompts=args.n_prompts,
         seed=args.seed,
         batch_rows=args.batch_rows,
-        settings=settings,
-        recompute=True,
-        header=header(args, t_load),
-        progress=progress(),
+        **run_options(args, settings, t_load),
     )
     n_roles = int((df["role"] != NO_ROLE).sum())
     log(f"wrote {len(df)} heads to {out} ({n_roles} with a role found by behaviour)")

@@ -182,6 +182,17 @@ def header(args: argparse.Namespace, t_load: float) -> dict[str, Any]:
     }
 
 
+def run_options(args: argparse.Namespace, settings: MapSettings, t_load: float) -> dict[str, Any]:
+    """What every command passes its experiment's `run_*`: the map settings, a fresh computation
+    (a command always recomputes), the sidecar's header and progress bars on a terminal."""
+    return {
+        "settings": settings,
+        "recompute": True,
+        "header": header(args, t_load),
+        "progress": progress(),
+    }
+
+
 def load(args: argparse.Namespace) -> tuple[Any, float]:
     """The model the arguments name (only its weights, with --weights-only), and how long loading
     took."""

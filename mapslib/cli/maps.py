@@ -8,12 +8,11 @@ from mapslib.cli.common import (
     check_out,
     check_positive,
     command,
-    header,
     load,
     log,
     model_args,
-    progress,
     relations_arg,
+    run_options,
     settings_args,
     settings_from,
     weights_only_arg,
@@ -53,10 +52,7 @@ def cmd_relations(args: argparse.Namespace) -> None:
         relations,
         out,
         layers=parse_layers(args.layers, lm.hw.n_layers),
-        settings=settings,
-        recompute=True,
-        header=header(args, t_load),
-        progress=progress(),
+        **run_options(args, settings, t_load),
     )
     t = df.attrs["sidecar"]["timings_s"]["score"]
     log(f"wrote {len(df)} rows to {out} ({df['relation'].nunique()} relations, {t:.1f}s scoring)")
@@ -131,10 +127,7 @@ def cmd_salient(args: argparse.Namespace) -> None:
         top_tokens=args.top_tokens + held_out,
         top_mappings=args.top_mappings,
         suppress=args.suppress,
-        settings=settings,
-        recompute=True,
-        header=header(args, t_load),
-        progress=progress(),
+        **run_options(args, settings, t_load),
     )
     t = df.attrs["sidecar"]["timings_s"]["salient"]
     log(f"wrote {len(df)} rows to {out} ({len(heads)} heads, {t:.1f}s)")

@@ -118,6 +118,15 @@ class Unembedding:
         return self.rows.shape[0]
 
 
+def tie_tolerance(rows: Tensor, u_t: Tensor, unembed: Unembedding) -> Tensor:
+    """How far an entry of `rows @ U` may lie from the target's by rounding alone: closer entries are
+    ties, in the target's favour. Both the target and an entry j carry rounding errors below
+    ~3 eps ||row|| ||u|| (measured on SmolLM2 for both associations), so
+    4 eps ||row|| (||u_t|| + max_j ||u_j||) bounds their difference with margin."""
+    eps = torch.finfo(rows.dtype).eps
+    return 4 * eps * rows.norm(dim=1) * (u_t.norm(dim=1) + unembed.max_norm)
+
+
 def _count_block(
     blk: Tensor, v: Tensor, tol: Tensor, local_target: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -215,10 +224,7 @@ def _sample_pass(
     b = a @ w_o  # (n, d): rows of E_in W_VO, cheap
     u_t = unembed.rows[targets].to(a.dtype)
     v = (b * u_t).sum(1)  # the target entries
-    # Entries this close to the target differ from it by rounding alone: count them as ties. Both the
-    # target and an entry j carry rounding errors below ~3 eps ||b|| ||u|| (measured on SmolLM2 for
-    # both associations), so 4 eps ||b|| (||u_t|| + max_j ||u_j||) bounds their difference with margin.
-    tol = 4 * torch.finfo(a.dtype).eps * b.norm(dim=1) * (u_t.norm(dim=1) + unembed.max_norm)
+    tol = tie_tolerance(b, u_t, unembed)
     x, cols, cost = _route(a, b, w_o, unembed.U_sample)
     n_sample = unembed.U_sample.shape[1]
     above, below = _count_over_columns(

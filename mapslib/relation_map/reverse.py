@@ -33,7 +33,7 @@ from mapslib.foundation.adapters import HeadWeights
 from mapslib.foundation.cache import run_cached
 from mapslib.foundation.embeddings import EMBEDDING_RULE, InputEmbeddings
 from mapslib.foundation.heads import head_factors, head_name
-from mapslib.foundation.kernels import Blocks, Unembedding
+from mapslib.foundation.kernels import Blocks, Unembedding, tie_tolerance
 from mapslib.foundation.settings import DEFAULTS, MapSettings
 from mapslib.foundation.tokens import token_raw
 from mapslib.relation_map.scores import BIAS_RULE, NORMS_RULE
@@ -49,13 +49,6 @@ def head_rows(hw: HeadWeights, sources: Tensor, settings: MapSettings) -> Tensor
     inputs = InputEmbeddings(hw, sources, settings.embedding).prepare(layers)
     factors = head_factors(hw, layers, inputs.for_layer, bias=settings.bias)
     return torch.stack([f.rows() for f in factors])
-
-
-def tolerance(rows: Tensor, u_t: Tensor, unembed: Unembedding) -> Tensor:
-    """How far an entry may lie from the target's by rounding alone: the kernels' bound (see
-    kernels._sample_pass), 4 eps ||row|| (||u_t|| + max_j ||u_j||)."""
-    eps = torch.finfo(rows.dtype).eps
-    return 4 * eps * rows.norm(dim=1) * (u_t.norm(dim=1) + unembed.max_norm)
 
 
 def reverse_blocks(device: torch.device) -> Blocks:
@@ -74,7 +67,7 @@ def count_beyond(
     u_t = unembed.rows[targets].to(rows.dtype)
     v = (rows * u_t).sum(1)
     sign = -1.0 if below else 1.0  # below: -entry > -v + tol; negation is exact
-    x, bar = sign * rows, (sign * v + tolerance(rows, u_t, unembed))[:, None]
+    x, bar = sign * rows, (sign * v + tie_tolerance(rows, u_t, unembed))[:, None]
     n, V, U = rows.shape[0], unembed.vocab_size, unembed.U
     blocks = reverse_blocks(rows.device)
     count = torch.zeros(n, dtype=rows.dtype, device=rows.device)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from fake_llm import GOOD, KEY, FakeServer
+from fake_llm import GOOD, KEY, FakeServer, parse_json
 
 from mapslib.errors import MissingAPIKey
 from mapslib.llm.client import (
@@ -35,24 +35,6 @@ MESSAGES = [
 ]
 OTHER = [{"role": "user", "content": "And ␣Mary -> ␣Mary, Mary, ␣M?"}]
 SCHEMA = {"type": "object", "properties": {"pattern": {"type": "string"}}, "required": ["pattern"]}
-
-
-def parse_json(text: str | None) -> dict | None:
-    """A JSON object, else None (the client asks again)."""
-    try:
-        obj = json.loads(text or "")
-    except json.JSONDecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch):
-    srv = FakeServer()
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
-    yield srv
-    srv.close()
 
 
 def client(tmp_path: Path, **config) -> tuple[LLMClient, list[float]]:

@@ -8,7 +8,6 @@ the llama.cpp servers is tested in tests/salient/test_describe.py.)
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_llm import parse_json
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mapslib.errors import MapsError
@@ -199,15 +199,6 @@ def test_a_server_that_never_answers_times_out_and_is_stopped(
 needs_transformers = pytest.mark.skipif(
     not backend_installed("transformers"), reason="transformers[serving] is not installed"
 )
-
-
-def parse_json(text: str | None) -> dict | None:
-    """A JSON object, else None (the client asks again)."""
-    try:
-        obj = json.loads(text or "")
-    except json.JSONDecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def client_for(server: LocalServer, config: LLMConfig, cache: Path) -> LLMClient:

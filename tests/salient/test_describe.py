@@ -30,15 +30,6 @@ from mapslib.salient.describe import (
 )
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch):
-    srv = FakeServer()
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
-    yield srv
-    srv.close()
-
-
 def describer(tmp_path: Path, **config) -> tuple[Describer, list[float]]:
     """A Describer with a private cache, a short timeout and a recorded (not slept) backoff."""
     waits: list[float] = []
