@@ -114,7 +114,8 @@ print(f"saliency: {sal.shape[0]} layers x {sal.shape[1]} heads x {sal.shape[2]} 
 # The table has one row per head, salient token and mapped token, with the token ids and their raw
 # text; printed, tokens are made visible (`␣` is a leading space, `\n` a newline, `\xNN` a raw
 # byte). It is written to
-# `data/salient_mappings.json` with the parameters beside it; it holds `held_out` more salient tokens
+# `data/salient_mappings.json.gz` (gzipped JSON, committed: the atlas reads it) with the parameters
+# beside it; it holds `held_out` more salient tokens
 # per head than the 30 the pipeline reads, kept back to score the descriptions (below). Below, the first salient tokens of a
 # few heads, most salient first, with their top mappings. Unless the `heads` parameter names them,
 # the heads shown are the best example of each operation the offline labeller (below) finds, then

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from mapslib.errors import BadArgument
-from mapslib.foundation.io import write_text
+from mapslib.foundation.io import read_table, write_text
 from mapslib.foundation.settings import DEFAULTS
 
 ASSETS = Path(__file__).resolve().parent / "atlas"  # index.html, atlas.js, atlas.css
@@ -38,7 +38,7 @@ CHAPTER_OF = {
     "relation_scores.csv": "02",
     "dynamic_scores.csv": "04",
     "ablation.csv": "05",
-    "salient_mappings.json": "07",
+    "salient_mappings.json.gz": "07",
     "judgements.csv": "07",
     "descriptions.csv": "07",
     "output_space.csv": "08",
@@ -152,13 +152,13 @@ def relation_records(scores: pd.DataFrame, tau: float) -> tuple[list[dict], dict
 
 # -- chapter 7: salient mappings, labels, descriptions, judge --------------------------------------
 def salient_table(part: Any) -> pd.DataFrame | None:
-    """The salient mappings chapter 7 wrote (data/salient_mappings.json), the described tokens only
-    (the first `described` of each head, from the judge's setup), or None when not written."""
-    path = part.data / "salient_mappings.json"
+    """The salient mappings chapter 7 wrote (data/salient_mappings.json.gz, committed), the described
+    tokens only (the first `described` of each head, from the judge's setup), or None when not
+    written."""
+    path = part.data / "salient_mappings.json.gz"
     if not path.is_file():
         return None
-    # dtype=False: tokens such as "null" or "1e5" stay text
-    df = pd.read_json(path, orient="records", dtype=False)
+    df = read_table(path)
     setup = (part.sidecar("judgements.csv") or {}).get("setup") or {}
     if setup.get("described"):
         df = df[df["salient_rank"] <= int(setup["described"])]

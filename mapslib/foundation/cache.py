@@ -9,7 +9,7 @@ Every experiment writes its table atomically with a JSON beside it (`scores.csv`
   timings, the process's peak memory so far (`memory`), and for the command line its command and
   arguments.
 The sidecar of a returned table is also in `table.attrs["sidecar"]`. Tables holding token text
-should use a `.json` path: CSV readers turn tokens such as "NA" or "null" into missing values.
+should use a `.json` path (`.json.gz` for large ones that are committed): CSV readers turn tokens such as "NA" or "null" into missing values.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from mapslib.foundation.io import environment, sidecar_path, write_table
+from mapslib.foundation.io import environment, is_json, read_table, sidecar_path, write_table
 
 Computed = tuple[pd.DataFrame, dict[str, Any]]  # the table, and what the run found on the way
 Found = dict[str, Any] | Callable[[pd.DataFrame], dict[str, Any]]  # or how to read it off the table
@@ -61,9 +61,9 @@ def peak_memory() -> dict[str, float]:
 
 
 def table_path(out: str | Path, default_name: str) -> Path:
-    """`out` itself when it names a .csv or .json file, else `out/default_name` (a folder)."""
+    """`out` itself when it names a .csv, .json or .json.gz file, else `out/default_name` (a folder)."""
     out = Path(out)
-    return out if out.suffix.lower() in (".csv", ".json") else out / default_name
+    return out if is_json(out) or out.suffix.lower() == ".csv" else out / default_name
 
 
 def read_cached(path: Path, params: dict[str, Any]) -> pd.DataFrame | None:
@@ -74,7 +74,7 @@ def read_cached(path: Path, params: dict[str, Any]) -> pd.DataFrame | None:
     stored = json.loads(side.read_text())
     if params_key(stored.get("params", {})) != params_key(params):
         return None
-    df = pd.read_json(path) if path.suffix == ".json" else pd.read_csv(path)
+    df = read_table(path)
     df.attrs["sidecar"] = stored
     return df
 

@@ -77,10 +77,31 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def write_table(path: str | Path, df: pd.DataFrame, params: dict[str, Any]) -> Path:
-    """Atomically write `df` as CSV (or JSON if the suffix says so) and its parameters beside it."""
+# gzip with no file name or time in its header, so the same table always gives the same bytes
+# (a re-executed chapter leaves a committed .json.gz unchanged in git)
+GZIP = {"method": "gzip", "mtime": 0, "compresslevel": 9}
+
+
+def is_json(path: str | Path) -> bool:
+    """True for the JSON tables (`.json`, or `.json.gz` for large ones that are committed)."""
+    return Path(path).name.lower().endswith((".json", ".json.gz"))
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A table `write_table` wrote; JSON cells stay text (tokens such as "null" or "1e5")."""
     path = Path(path)
-    if path.suffix == ".json":
+    return pd.read_json(path, orient="records", dtype=False) if is_json(path) else pd.read_csv(path)
+
+
+def write_table(path: str | Path, df: pd.DataFrame, params: dict[str, Any]) -> Path:
+    """Atomically write `df` as CSV (JSON for .json, gzipped JSON for .json.gz) and its parameters
+    beside it."""
+    path = Path(path)
+    if path.name.endswith(".json.gz"):
+        atomic_write(
+            path, lambda p: df.to_json(p, orient="records", force_ascii=False, compression=GZIP)
+        )
+    elif path.suffix == ".json":
         atomic_write(path, lambda p: df.to_json(p, orient="records", indent=1, force_ascii=False))
     else:
         atomic_write(path, lambda p: df.to_csv(p, index=False))

@@ -246,7 +246,7 @@ def run_salient(
     return run_cached(
         lm,
         out,
-        "salient_mappings.json",
+        "salient_mappings.json.gz",
         params,
         lambda: salient_mappings(
             lm.hw,

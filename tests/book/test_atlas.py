@@ -13,6 +13,7 @@ import pytest
 from mapslib.book import atlas
 from mapslib.cli import main
 from mapslib.errors import BadArgument
+from mapslib.foundation.io import write_table
 
 TESTS = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
@@ -74,7 +75,7 @@ def full_part(small_part: Path) -> Path:
     )  # fmt: skip
     synthetic.write(data / "dynamic_scores.csv", dynamic, {})
     salient = salient_rows()
-    salient.to_json(data / "salient_mappings.json", orient="records")
+    write_table(data / "salient_mappings.json.gz", salient, {})
     judged = pd.DataFrame(
         [(2, 0, "2.0", i, "pattern", "2.0", 0, 0, i < 3, False) for i in range(4)]
         + [(2, 0, "2.0", i, "pattern", "3.2", 0, 1, False, True) for i in range(4)],

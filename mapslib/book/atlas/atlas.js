@@ -161,20 +161,20 @@ function mappingList(rows) {
 function describe(h) {
   const out = [];
   if (!A.measured.mappings) {
-    out.push(el("p", {}, el("b", {}, "Salient mappings: "), missing("salient_mappings.json")));
+    out.push(el("p", {}, el("b", {}, "Salient mappings: "), missing("salient_mappings.json.gz")));
   } else if (!h.mappings.length) {
     out.push(el("p", { class: "missing" }, "no salient mappings for this head"));
   } else {
     out.push(el("p", {}, "Most salient tokens, each with the 5 tokens the head's map M scores highest:"),
       mappingList(h.mappings));
   }
-  out.push(el("p", {}, el("b", {}, "Offline labeller: "), !h.label ? missing("salient_mappings.json")
+  out.push(el("p", {}, el("b", {}, "Offline labeller: "), !h.label ? missing("salient_mappings.json.gz")
     : h.label.label === "none" ? `no operation explains half of the salient tokens (best share ${fmt(h.label.share, 2)})`
     : `${h.label.label} (${Math.round(h.label.share * 100)}% of the salient tokens)`
       + (h.label.labels.includes(",") ? `; all labels: ${h.label.labels}` : "")));
   const llm = h.llm;
   if (!llm) out.push(el("p", {}, el("b", {}, "LLM description: "),
-    missing("descriptions.csv, nor the salient_mappings.json to replay the committed answers")));
+    missing("descriptions.csv, nor the salient_mappings.json.gz to replay the committed answers")));
   else if (llm.status === "pattern") out.push(el("p", {}, el("b", {}, "LLM description"),
     el("small", {}, ` (${llm.source})`), ":"),
     el("blockquote", {}, el("div", {}, "Pattern: ", llm.pattern), el("div", {}, "Inputs: ", llm.inputs)));
@@ -254,7 +254,7 @@ function card(h) {
 function tokenSearch(query) {
   const q = norm(query);
   if (!A.measured.mappings) {
-    return [el("h2", {}, `Heads mapping “${query}”`), missingBlock("salient_mappings.json")];
+    return [el("h2", {}, `Heads mapping “${query}”`), missingBlock("salient_mappings.json.gz")];
   }
   const hits = [];
   for (const h of A.heads) {
