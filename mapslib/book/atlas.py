@@ -159,7 +159,8 @@ def salient_table(part: Any) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     df = read_table(path)
-    setup = (part.sidecar("judgements.csv") or {}).get("setup") or {}
+    side = part.sidecar("judgements.csv") or {}
+    setup = side.get("setup") or (side.get("params") or {}).get("setup") or {}
     if setup.get("described"):
         df = df[df["salient_rank"] <= int(setup["described"])]
     return df
@@ -216,6 +217,11 @@ def description_table(part: Any, salient: pd.DataFrame | None) -> tuple[pd.DataF
     return describe_heads(salient, describer=describer), "the committed LLM answers, replayed"
 
 
+def _text(value: Any) -> str:
+    """A cell as text; missing (NaN, None) as ""."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
 def description_records(desc: pd.DataFrame, source: str) -> dict[str, dict]:
     """Per head, the LLM's status (pattern, no pattern, unavailable, failed) and its sentences."""
     return {
@@ -223,6 +229,7 @@ def description_records(desc: pd.DataFrame, source: str) -> dict[str, dict]:
             "status": str(r.status),
             "pattern": "" if pd.isna(r.pattern) else str(r.pattern),
             "inputs": "" if pd.isna(r.inputs) else str(r.inputs),
+            "category": _text(getattr(r, "category", "")),
             "source": source,
         }
         for r in desc.itertuples()
@@ -234,7 +241,8 @@ def judge_records(judged: pd.DataFrame) -> dict[str, dict]:
     from mapslib.salient.judge import per_head_accuracy
 
     acc = per_head_accuracy(judged)
-    acc = acc[~acc["group"].str.startswith("shuffled")]
+    own = acc["group"] == "own description"  # the likelihood judge; else the chat judge's groups
+    acc = acc[own] if own.any() else acc[~acc["group"].str.startswith("shuffled")]
     return {
         head_key(r.layer, r.head): {"accuracy": clean(r.accuracy, 3), "questions": int(r.questions)}
         for r in acc.itertuples()

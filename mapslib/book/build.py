@@ -31,7 +31,7 @@ from mapslib.foundation.settings import MapSettings
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 BOOK = ROOT / "book"
-BOOK_CHAPTERS = ("09_universality",)  # run once for the whole book, after the models' parts
+BOOK_CHAPTERS = ("09_universality", "11_norm_conventions")  # run once for the whole book, after the models' parts
 CROSS_MODEL = "cross_model"  # their folder in the book, and their part's caption in the toc
 CROSS_MODEL_CAPTION = "Across models"
 logger = logging.getLogger(__name__)

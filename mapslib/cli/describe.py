@@ -136,13 +136,27 @@ def describe(args: argparse.Namespace, salient: Any, out: Path, lm: Any) -> None
 def describe_with(
     args: argparse.Namespace, salient: Any, out: Path, lm: Any, describer: Any, server: Any
 ) -> None:
-    """Descriptions into OUT.descriptions.csv; with --judge, their scores into OUT.judgements.csv."""
+    """Descriptions (category prompt, with each head's evidence) into OUT.descriptions.csv; with
+    --judge, the likelihood judge's groups into OUT.judgements.csv."""
+    from mapslib.relation_map.relations import load_relations
+    from mapslib.relation_map.scores import static_scores
+    from mapslib.salient.assess import (
+        assessment_verdict,
+        evidence_table,
+        judge_contexts,
+        judge_gguf,
+        run_assessment,
+    )
     from mapslib.salient.describe import run_descriptions
-    from mapslib.salient.judge import JudgeSetup, described_part, judge_items, run_judgement
-    from mapslib.salient.overlap_judge import reference_summary
+    from mapslib.salient.judge import JudgeSetup, described_part, judge_items
+    from mapslib.salient.likelihood import EVIDENCE, OWN, SHUFFLED, group_accuracy
+    from mapslib.salient.likelihood import paired_permutation_p as perm_p
 
+    settings = settings_from(args)
     setup = JudgeSetup(described=args.top_tokens)
     shown = described_part(salient, setup) if args.judge else salient
+    relation_map = None if args.suppress else static_scores(lm, load_relations(), None, settings)
+    evidence = evidence_table(shown, relation_map, settings.tau)
     desc_out = out.with_name(out.stem + ".descriptions.csv")
     desc = run_descriptions(
         shown,
@@ -151,20 +165,18 @@ def describe_with(
         suppress=args.suppress,
         concurrency=concurrency(args),
         server=server,
+        evidence=evidence,
     )
     log(f"{desc.attrs['note']} Wrote {desc_out}")
     if args.judge:
-        items = judge_items(lm.hw, lm.tokenizer, salient, setup, settings_from(args))
+        items = judge_items(lm.hw, lm.tokenizer, salient, setup, settings)
+        contexts = judge_contexts(salient, setup, evidence, desc)
         judged_out = out.with_name(out.stem + ".judgements.csv")
-        judged = run_judgement(items, desc, describer, judged_out, setup=setup, progress=True)
-        own = judged[~judged["control"]]["correct"].dropna()
-        ctrl = judged[judged["control"]]["correct"].dropna()
-        log(
-            f"judge accuracy {own.mean():.2f} on {len(own)} questions (control "
-            f"{ctrl.mean():.2f}, chance {setup.chance:.2f}). Wrote {judged_out}"
+        record = {"llm": describer.config.model, "prompt": "category, with the evidence"}
+        judged = run_assessment(
+            items, contexts, judge_gguf(args.judge_model), judged_out, setup, record
         )
-        ref = reference_summary(items, salient, desc, setup)["accuracy"].tolist()
-        log(
-            f"word-overlap judges (no LLM): seen mappings {ref[0]:.2f}, description {ref[1]:.2f} "
-            f"(another head's description {ref[2]:.2f})"
-        )
+        acc = group_accuracy(judged)
+        p_shuffled = perm_p(judged, OWN, SHUFFLED) if OWN in contexts else float("nan")
+        p_template = perm_p(judged, OWN, EVIDENCE) if OWN in contexts else float("nan")
+        log(assessment_verdict(acc, p_shuffled, p_template) + f" Wrote {judged_out}")

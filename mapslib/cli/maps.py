@@ -93,8 +93,15 @@ def salient_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--judge",
         action="store_true",
-        help="with --describe: score each description on 5 held-out salient tokens (the same LLM "
-        "as judge, and a shuffled-description control) into OUT.judgements.csv",
+        help="with --describe: score each description on 5 held-out salient tokens by the "
+        "likelihood judge (--judge-model), beside its controls (the seen mappings, another head's "
+        "description, none) and the no-LLM evidence template, into OUT.judgements.csv",
+    )
+    p.add_argument(
+        "--judge-model",
+        default="qwen2.5-coder-0.5b",
+        help="the judge: a GGUF model alias or .gguf file, scored in-process by llama.cpp "
+        "(make setup-llm) (default: qwen2.5-coder-0.5b)",
     )
     llm_args(p)
 

@@ -106,6 +106,8 @@ class ModelPart:
             same = all(p.get(key) == default.get(key) for key in ("layers", "relations"))
             if not same or p.get("k") is not None or p.get("min_pairs") != default.get("min_pairs"):
                 continue
+            if p.get("norms", "ignore") != "ignore":  # the paper's convention only (see readings)
+                continue
             label = map_label(p.get("embedding", DEFAULT_READING), p.get("bias"))
             found.setdefault(label, self.table(path.name))
         order = [map_label(e, None) for e in EMBEDDINGS]

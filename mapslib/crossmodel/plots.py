@@ -259,3 +259,25 @@ def causal_drops(
     ax.legend(fontsize=7, frameon=False, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def readings_by_model(summary: pd.DataFrame, column: str = "median r, no context") -> Figure:
+    """One bar per reading (norms · E_in) and model for `column` of readings.summary_table; the
+    paper's reading (`ignore · paper`) is the first bar of each model."""
+    wide = summary.pivot(index="model", columns="reading", values=column)
+    wide = wide.reindex(
+        index=list(dict.fromkeys(summary["model"])), columns=list(dict.fromkeys(summary["reading"]))
+    )
+    x = np.arange(len(wide))
+    width = 0.8 / max(1, wide.shape[1])
+    fig, ax = plt.subplots(figsize=(max(7.0, 2.2 * len(wide) + 2), 3.6))
+    for i, reading in enumerate(wide.columns):
+        hatch = "//" if reading.startswith("fold") else None
+        ax.bar(x - 0.4 + (i + 0.5) * width, wide[reading], width, label=reading, hatch=hatch)
+    ax.set_xticks(x, wide.index)
+    ax.axhline(0, color="grey", lw=0.7)
+    ax.set_ylabel(column)
+    ax.set_title(f"{column} under each reading (hatched: norm weights folded)")
+    ax.legend(fontsize=7, frameon=False, ncol=2, bbox_to_anchor=(1.0, 1.0), loc="upper left")
+    fig.tight_layout()
+    return fig

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from mapslib.foundation.io import environment, is_json, read_table, sidecar_path, write_table
+from mapslib.foundation.io import environment, is_table, read_table, sidecar_path, write_table
 
 Computed = tuple[pd.DataFrame, dict[str, Any]]  # the table, and what the run found on the way
 Found = dict[str, Any] | Callable[[pd.DataFrame], dict[str, Any]]  # or how to read it off the table
@@ -61,9 +61,10 @@ def peak_memory() -> dict[str, float]:
 
 
 def table_path(out: str | Path, default_name: str) -> Path:
-    """`out` itself when it names a .csv, .json or .json.gz file, else `out/default_name` (a folder)."""
+    """`out` itself when it names a table file (.csv, .json, gzipped or not), else
+    `out/default_name` (a folder)."""
     out = Path(out)
-    return out if is_json(out) or out.suffix.lower() == ".csv" else out / default_name
+    return out if is_table(out) else out / default_name
 
 
 def read_cached(path: Path, params: dict[str, Any]) -> pd.DataFrame | None:

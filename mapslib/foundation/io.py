@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -77,14 +78,22 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-# gzip with no file name or time in its header, so the same table always gives the same bytes
-# (a re-executed chapter leaves a committed .json.gz unchanged in git)
-GZIP = {"method": "gzip", "mtime": 0, "compresslevel": 9}
+# gzip with no file name or time in its header (gzip.compress writes neither), so the same table
+# always gives the same bytes: a re-executed chapter leaves a committed .gz table unchanged in git
+GZIP_LEVEL = 9
 
 
 def is_json(path: str | Path) -> bool:
     """True for the JSON tables (`.json`, or `.json.gz` for large ones that are committed)."""
     return Path(path).name.lower().endswith((".json", ".json.gz"))
+
+
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".json", ".json.gz")  # what write_table writes
+
+
+def is_table(path: str | Path) -> bool:
+    """True for a path `write_table` can write (a file name, not a folder)."""
+    return Path(path).name.lower().endswith(TABLE_SUFFIXES)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -94,17 +103,19 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def write_table(path: str | Path, df: pd.DataFrame, params: dict[str, Any]) -> Path:
-    """Atomically write `df` as CSV (JSON for .json, gzipped JSON for .json.gz) and its parameters
-    beside it."""
+    """Atomically write `df` as CSV (JSON for .json; .gz: gzipped, for large committed tables) and
+    its parameters beside it."""
     path = Path(path)
-    if path.name.endswith(".json.gz"):
-        atomic_write(
-            path, lambda p: df.to_json(p, orient="records", force_ascii=False, compression=GZIP)
+    if is_json(path):
+        text = df.to_json(
+            orient="records", indent=None if path.suffix == ".gz" else 1, force_ascii=False
         )
-    elif path.suffix == ".json":
-        atomic_write(path, lambda p: df.to_json(p, orient="records", indent=1, force_ascii=False))
     else:
-        atomic_write(path, lambda p: df.to_csv(p, index=False))
+        text = df.to_csv(index=False)
+    data = text.encode("utf-8")
+    if path.suffix == ".gz":
+        data = gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+    atomic_write(path, lambda p: p.write_bytes(data))
     write_json(sidecar_path(path), params)
     return path
 

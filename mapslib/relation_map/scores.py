@@ -9,7 +9,7 @@ shared by its query heads, and one kernel pass answers promotion and suppression
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from mapslib.errors import BadArgument, TooFewPairs
 from mapslib.foundation.adapters import HeadWeights
 from mapslib.foundation.cache import params_key, run_cached
 from mapslib.foundation.embeddings import EMBEDDING_RULE, InputEmbeddings
-from mapslib.foundation.heads import head_factors
+from mapslib.foundation.heads import Head, head_factors
 from mapslib.foundation.io import sha256_text, sidecar_path
 from mapslib.foundation.kernels import Blocks, KernelStats, Unembedding, count_outside_many
 from mapslib.foundation.models import LoadedModel
@@ -99,13 +99,16 @@ class PairBatch:
         """The largest k: counts beyond it need not be exact."""
         return max(self.ks)
 
-    def fractions(self, above: Tensor, below: Tensor) -> Tensor:
-        """Per relation, the share of pairs whose target is in the top-k (promote) and bottom-k (suppress)."""
+    def fractions(self, above: Tensor, below: Tensor, k: int | None = None) -> Tensor:
+        """Per relation, the share of pairs whose target is in the top-k (promote) and bottom-k
+        (suppress); `k`: one k for every relation instead of each relation's (at most `cap`, where
+        the counts are exact)."""
         n_rel = len(self.relations)
         n_pairs = torch.bincount(self.rel, minlength=n_rel).float()
+        k_pair = self.k_pair if k is None else torch.full_like(self.k_pair, k)
         out = torch.zeros(2, n_rel, device=self.rel.device)
         for m, count in enumerate((above, below)):
-            out[m].index_add_(0, self.rel, (count < self.k_pair).float())
+            out[m].index_add_(0, self.rel, (count < k_pair).float())
         return (out / n_pairs).cpu()
 
 
@@ -124,20 +127,35 @@ def relation_scores(
     `settings` says what heads read, the k, the biases and the norm weights in the map.
     """
     layers = list(range(hw.n_layers)) if layers is None else layers
+    batch = PairBatch.build(relations, hw.vocab_size, settings.k, hw.device)
+    scores = torch.zeros(len(layers), hw.n_heads, 2, len(relations))
+    row = {layer: i for i, layer in enumerate(layers)}
+    for (layer, head), *counts in head_counts(
+        hw, batch, layers, settings, sample_stride, progress, stats
+    ):
+        scores[row[layer], head] = batch.fractions(*counts)
+    return scores_frame(scores, layers, batch)
+
+
+def head_counts(
+    hw: HeadWeights,
+    batch: PairBatch,
+    layers: list[int],
+    settings: MapSettings,
+    sample_stride: int | None = None,
+    progress: bool = False,
+    stats: KernelStats | None = None,
+) -> Iterator[tuple[Head, Tensor, Tensor]]:
+    """Per head, how many tokens score above / below each pair's target (exact up to `batch.cap`):
+    the counts every score of the relation map is read from."""
     hw = hw.with_norms(settings.norms)
-    device = hw.device
-    batch = PairBatch.build(relations, hw.vocab_size, settings.k, device)
     # E_in before U: a weights-only source drops the first block's MLP before it reads U
     inputs = InputEmbeddings(hw, batch.sources, settings.embedding).prepare(layers)
     unembed = Unembedding.prepare(hw.unembedding(stored=True), sample_stride)
-    blocks = Blocks.for_device(device)
-    scores = torch.zeros(len(layers), hw.n_heads, 2, len(relations))
-    row = {layer: i for i, layer in enumerate(layers)}
     factors = head_factors(hw, layers, inputs.for_layer, bias=settings.bias, progress=progress)
     problems = (((f.layer, f.head), f.a[batch.inverse], f.w_o, batch.dst) for f in factors)
-    for (layer, head), *counts in count_outside_many(problems, unembed, batch.cap, blocks, stats):
-        scores[row[layer], head] = batch.fractions(*counts)
-    return scores_frame(scores, layers, batch)
+    blocks = Blocks.for_device(hw.device)
+    yield from count_outside_many(problems, unembed, batch.cap, blocks, stats)
 
 
 def protocol(settings: MapSettings = DEFAULTS) -> dict[str, Any]:
@@ -349,8 +367,18 @@ def scores_by_k(
     ks: list[int],
     settings: MapSettings = DEFAULTS,
 ) -> pd.DataFrame:
-    """Relation scores recomputed with each k in `ks` (one k for all relations), to see how k sets strictness."""
-    frames = [relation_scores(hw, relations, layers=layers, settings=settings.but(k=k)) for k in ks]
+    """Relation scores with each k in `ks` (one k for all relations), to see how k sets strictness:
+    one pass of the kernel, counting exactly up to the largest k, read at every k."""
+    batch = PairBatch.build(relations, hw.vocab_size, max(ks), hw.device)
+    scores = torch.zeros(len(ks), len(layers), hw.n_heads, 2, len(relations))
+    row = {layer: i for i, layer in enumerate(layers)}
+    for (layer, head), *counts in head_counts(hw, batch, layers, settings):
+        for i, k in enumerate(ks):
+            scores[i, row[layer], head] = batch.fractions(*counts, k=k)
+    frames = []
+    for i, k in enumerate(ks):
+        frame = scores_frame(scores[i], layers, batch)
+        frames.append(frame.assign(k=k))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -147,3 +147,39 @@ PAPER_CLAIMS: dict[str, str] = {
     "to the tokens embeddings [...] Regarding Llama-3.1 70B, we observed better results when not "
     "applying the first MLP",
 }
+
+# --- the readings chapter (11_norm_conventions): the paper's numbers for scale ----------------------
+# (model, what, value, where in the paper); the paper reads every model with norms ignored.
+PAPER_READING_SCALE: list[tuple[str, str, str, str]] = [
+    (
+        "GPT-2 xl",
+        "relation heads (promote or suppress) over tau",
+        "250 of 1200",
+        "appendix, Random Baselines",
+    ),
+    (
+        "GPT-2 xl, Pythia 6.9B / 12B, Phi-2, Llama-3.1",
+        "random matrices over tau",
+        "5 / 0 / 0 / 0 / 0",
+        "appendix, Random Baselines",
+    ),
+    ("Llama-3.1 8B", "static-dynamic r, no context, most relations", "0.71-0.95", "4.2, Table 1"),
+    (
+        "Pythia, GPT-2 xl",
+        "static-dynamic r",
+        "similar, larger drops in context",
+        "4.2, appendix tables",
+    ),
+    (
+        "GPT-2 small",
+        "IOI name movers / negative name movers recognised",
+        "3 of 3 / 2 of 2",
+        "appendix, known heads",
+    ),
+    (
+        "Pythia 12B",
+        "accuracy drop removing relation heads vs random heads",
+        "> 48% vs < 13%",
+        "4.2, Table 2",
+    ),
+]

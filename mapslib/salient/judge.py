@@ -136,7 +136,10 @@ def judge_items(
     """The questions: per head and held-out token, shuffled options and the index of the real one.
 
     A distractor is the same token's top mappings under another head of the model; heads whose list starts with
-    the same top target as the real one are skipped, so no two options look alike at a glance.
+    the same top target as the real one are skipped, so no two options look alike at a glance. The
+    real list's position is the question's running index modulo its option count (heads, then
+    items, in order), so every position holds the answer equally often and a judge that favours a
+    position scores chance exactly; the distractors' order is seeded random.
     """
     held = held_out_sources(salient, setup)
     pool = all_heads(hw)  # distractors come from every head, whichever heads are judged
@@ -152,24 +155,28 @@ def judge_items(
     }
     lists = _top_lists(hw, tokenizer, held, plan, settings)
     rows = []
-    for r in held.itertuples():
+    for index, r in enumerate(held.itertuples()):
         first = r.real.split(", ")[0]
         kept = [h for h in plan[r.Index] if lists[(h, r.source_id)].split(", ")[0] != first]
         kept = kept[: setup.options - 1]
-        options = [r.real, *(lists[(h, r.source_id)] for h in kept)]
-        names = [f"{r.layer}.{r.head}", *(f"{la}.{h}" for la, h in kept)]
         order = np.random.default_rng([setup.seed, r.layer, r.head, r.item, 1]).permutation(
-            len(options)
+            len(kept)
         )
+        kept = [kept[i] for i in order]  # the distractors in a seeded random order
+        answer = index % (len(kept) + 1)  # the real list's position cycles over the questions
+        options = [lists[(h, r.source_id)] for h in kept]
+        names = [f"{la}.{h}" for la, h in kept]
+        options.insert(answer, r.real)
+        names.insert(answer, f"{r.layer}.{r.head}")
         rows.append(
             dict(
                 layer=r.layer,
                 head=r.head,
                 item=r.item,
                 source=r.source,
-                options=[options[i] for i in order],
-                option_heads=[names[i] for i in order],
-                answer=int(np.argmax(order == 0)),
+                options=options,
+                option_heads=names,
+                answer=answer,
             )
         )
     return pd.DataFrame(rows, columns=ITEM_COLUMNS)
@@ -369,8 +376,11 @@ def judge_verdict(summary: pd.DataFrame, alpha: float = 0.05) -> str:
 
 
 def per_head_accuracy(judged: pd.DataFrame) -> pd.DataFrame:
-    """Per head and group: questions answered and the share answered right."""
-    ok = judged.dropna(subset=["correct"]).assign(group=lambda d: _group(d))
+    """Per head and group: questions answered and the share answered right (the likelihood
+    judge's table names its groups; the chat judge's are derived)."""
+    ok = judged.dropna(subset=["correct"])
+    if "group" not in ok:
+        ok = ok.assign(group=_group(ok))
     ok = ok.assign(correct=ok["correct"].astype(bool))
     out = ok.groupby(["group", "layer", "head", "name"], sort=True)["correct"].agg(["size", "mean"])
     return out.rename(columns={"size": "questions", "mean": "accuracy"}).reset_index()

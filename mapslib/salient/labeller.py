@@ -216,9 +216,12 @@ def example_heads(labels: pd.DataFrame, n: int = 4) -> list[str]:
 
 
 def identified_share_by_layer(
-    labels: pd.DataFrame, descriptions: pd.DataFrame | None = None
+    labels: pd.DataFrame,
+    descriptions: pd.DataFrame | None = None,
+    evidence: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Per layer: the share of heads with an identified pattern, by the labeller and (if any) the LLM."""
+    """Per layer: the share of heads with an identified pattern, by the labeller, (if given) the
+    evidence's category and the LLM."""
     out = pd.DataFrame(
         {
             "labeller": labels.assign(found=labels["label"] != "none")
@@ -226,6 +229,12 @@ def identified_share_by_layer(
             .mean()
         }
     )
+    if evidence is not None:
+        out["evidence"] = (
+            evidence.assign(found=evidence["category"] != "no pattern")
+            .groupby("layer")["found"]
+            .mean()
+        )
     if descriptions is not None:
         answered = descriptions[descriptions["status"].isin(["pattern", "no pattern"])]
         if len(answered):

@@ -31,10 +31,10 @@ def test_every_chapter_is_paired_and_in_sync() -> None:
 
 
 def test_book_level_chapters_are_paired_and_not_per_model() -> None:
-    """09_universality runs once for the whole book: not among the per-model chapters, paired, with
-    the book-level parameters and no model parameter."""
-    assert book.book_chapters() == ["09_universality"]
-    assert "09_universality" not in book.chapters()
+    """09_universality and 11_norm_conventions run once for the whole book: not among the per-model
+    chapters, paired, with the book-level parameters and no model parameter."""
+    assert book.book_chapters() == ["09_universality", "11_norm_conventions"]
+    assert not set(book.book_chapters()) & set(book.chapters())
     for name in book.book_chapters():
         py, ipynb = book.NOTEBOOKS / f"{name}.py", book.NOTEBOOKS / f"{name}.ipynb"
         assert ipynb.is_file(), f"{ipynb} missing: run jupytext --sync {py}"
@@ -49,7 +49,7 @@ def test_book_level_chapters_are_paired_and_not_per_model() -> None:
 
 def test_split_chapters() -> None:
     per_model, book_level = book.split_chapters(None)
-    assert per_model == book.chapters() and book_level == ["09_universality"]
+    assert per_model == book.chapters() and book_level == book.book_chapters()
     assert book.split_chapters(["02"]) == (["02_relation_map"], [])
     assert book.split_chapters(["09", "01"]) == (["01_methods"], ["09_universality"])
     with pytest.raises(BadArgument, match="09_universality"):
@@ -70,18 +70,24 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
 
 def test_run_book_runs_the_cross_model_chapter_once_at_the_end(calls: dict[str, list]) -> None:
     book.run_book("m", build=False)
-    assert calls["model"] == book.chapters() and calls["cross"] == [["09_universality"]]
+    assert calls["model"] == book.chapters() and calls["cross"] == [book.book_chapters()]
     assert calls["index"] == ["m"]
 
 
 @pytest.mark.parametrize(
     ("wanted", "cross_model", "model_runs", "cross_runs"),
     [
-        (["02"], True, ["02_relation_map"], [["09_universality"]]),  # refreshed after a chapter
+        (
+            ["02"],
+            True,
+            ["02_relation_map"],
+            [["09_universality", "11_norm_conventions"]],
+        ),  # refreshed
         (["02"], False, ["02_relation_map"], []),
         (None, False, None, []),
         (["09"], True, [], [["09_universality"]]),  # the cross-model chapter alone
         (["09"], False, [], [["09_universality"]]),  # named: runs whatever cross_model says
+        (["11"], True, [], [["11_norm_conventions"]]),  # the readings chapter alone
     ],
 )
 def test_run_book_chapter_selection(

@@ -255,9 +255,11 @@ def fake_openai(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_describe_against_a_local_server(
     tmp_path: Path, capsys: pytest.CaptureFixture, fake_openai
 ) -> None:
-    """`salient --describe` end to end, the LLM being a local chat-completions server."""
+    """`salient --describe` end to end, the LLM being a local chat-completions server: the category
+    prompt, each head's evidence in it, the category read back."""
     from fake_llm import KEY
 
+    fake_openai.script = [{"content": CATEGORY_ANSWER}] * 2
     out = tmp_path / "s.json"
     args = ["salient", "--heads", "23.2,23.3", "--describe", "--llm-model", "local"]
     rc = main([*args, "--out", str(out)])
@@ -265,38 +267,50 @@ def test_describe_against_a_local_server(
     assert rc == 0, err
     desc = pd.read_csv(tmp_path / "s.descriptions.csv", dtype={"name": str})
     assert list(desc["name"]) == ["23.2", "23.3"] and set(desc["status"]) == {"pattern"}
+    assert set(desc["category"]) == {"copying"}
     requests = fake_openai.requests
     assert len(requests) == 2 and requests[0]["model"] == "local"
-    assert "␣" in requests[0]["messages"][1]["content"]  # mappings sent with visible spaces
+    prompt = requests[0]["messages"][1]["content"]
+    assert "␣" in prompt and "Top target equals the source" in prompt  # lines and evidence
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert KEY not in path.read_text(errors="ignore"), path
     assert KEY not in err
 
 
+CATEGORY_ANSWER = '{"category": "copying", "description": "Copies the source: ␣Paris -> ␣Paris."}'
+
+
+class ConstantScorer:
+    """A judge that finds every option equally likely: every group must come out at chance."""
+
+    def logprobs(self, context: str, continuations: list[str]) -> list[float]:
+        return [-1.0] * len(continuations)
+
+
 @pytest.mark.slow
 def test_describe_and_judge_against_a_local_server(
-    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture, fake_openai
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    fake_openai,
 ) -> None:
-    """`--judge` asks each head's questions twice (own and another head's description) and logs
-    the LLM judge beside the word-overlap judges."""
-    import json
+    """`--judge` scores each head's 5 held-out questions in every group (positive control, the
+    template, own and another head's description, none) and logs the verdict."""
+    import mapslib.salient.assess as assess
+    from mapslib.salient.likelihood import GROUPS
 
-    from fake_llm import GOOD
-
-    other = GOOD.replace("Copies the token", "Repeats the word")  # else both controls hit the cache
-    fake_openai.script = [{"content": GOOD}, {"content": other}] + [
-        {"content": json.dumps({"answers": ["A"] * 5})}
-    ] * 4
+    monkeypatch.setattr(assess, "judge_gguf", lambda model: ConstantScorer())
+    fake_openai.script = [{"content": CATEGORY_ANSWER}] * 2
     args = ["salient", "--heads", "23.2,23.3", "--describe", "--judge", "--llm-model", "local"]
     rc = main([*args, "--out", str(tmp_path / "s.json")])
     err = capsys.readouterr().err
     assert rc == 0, err
     judged = pd.read_csv(tmp_path / "s.judgements.csv", dtype={"name": str})
-    assert len(fake_openai.requests) == 6 and len(judged) == 20  # 2 heads x 5 questions x 2
-    assert judged["picked"].eq(0).all() and judged["control"].sum() == 10
-    assert "judge accuracy" in caplog.text
-    assert "word-overlap judges (no LLM): seen mappings" in caplog.text
+    assert len(fake_openai.requests) == 2 and len(judged) == 2 * 5 * 5  # heads x questions x groups
+    assert set(judged["group"]) == set(GROUPS)
+    assert "The judge FAILS its positive control" in caplog.text  # it cannot tell lists apart
 
 
 @pytest.mark.parametrize(

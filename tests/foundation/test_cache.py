@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mapslib.foundation.cache import cached_table, params_key
-from mapslib.foundation.io import atomic_write, sidecar_path, write_table
+from mapslib.foundation.io import atomic_write, read_table, sidecar_path, write_table
 
 
 def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
@@ -45,6 +45,20 @@ def test_write_table_csv_and_json_with_sidecar(tmp_path: Path) -> None:
     write_table(tmp_path / "t.json", df, {"k": 2})
     assert json.loads(sidecar_path(tmp_path / "t.csv").read_text()) == {"k": 1}
     assert pd.read_json(tmp_path / "t.json")["token"].tolist() == ["NA", "␣null"]
+
+
+@pytest.mark.parametrize("name", ["t.csv.gz", "t.json.gz"])
+def test_gzipped_tables_round_trip_and_repeat_byte_for_byte(tmp_path: Path, name: str) -> None:
+    """A committed .gz table must not change in git when a chapter rewrites the same numbers: no
+    file name or time in the gzip header (atomic_write's temporary name differs every time)."""
+    df = pd.DataFrame({"layer": [0, 1], "token": ["null", " Paris"], "score": [0.5, 0.25]})
+    first = write_table(tmp_path / name, df, {"a": 1}).read_bytes()
+    second = write_table(tmp_path / name, df, {"a": 1}).read_bytes()
+    assert first == second and first[:2] == b"\x1f\x8b"  # gzip magic
+    back = read_table(tmp_path / name)
+    assert back["score"].tolist() == [0.5, 0.25]
+    if name.endswith(".json.gz"):
+        assert back["token"].tolist() == ["null", " Paris"]  # JSON keeps tokens as text
 
 
 def test_cached_table_reuses_only_matching_parameters(

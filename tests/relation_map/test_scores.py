@@ -15,7 +15,7 @@ from mapslib.foundation.embeddings import embedding_kind
 from mapslib.foundation.heads import parse_layers
 from mapslib.foundation.settings import MapSettings
 from mapslib.relation_map.relations import Relation, TokenizedRelation
-from mapslib.relation_map.scores import SCORE_COLUMNS, default_k, relation_scores
+from mapslib.relation_map.scores import SCORE_COLUMNS, default_k, relation_scores, scores_by_k
 
 
 def synthetic_relation(
@@ -116,6 +116,25 @@ def test_larger_k_never_lowers_a_score() -> None:
     for lo, hi in zip(scores, scores[1:], strict=False):
         assert (hi >= lo).all()
     assert (scores[-1] == 1.0).all()  # k = |V|: every target is in the "top k"
+
+
+@pytest.mark.parametrize("norms", ["ignore", "fold"])
+def test_scores_by_k_in_one_pass_equal_one_map_per_k(norms: str) -> None:
+    """One kernel pass counting up to the largest k gives, at every k, exactly the map computed
+    with that k alone (counts below the cap are exact)."""
+    hw = HeadWeights(tiny_model("qwen2"))
+    rels = [
+        synthetic_relation("copy", hw.vocab_size, 30, 0, copying=True),
+        synthetic_relation("r", hw.vocab_size, 30, 1),
+    ]
+    settings = MapSettings(norms=norms)
+    ks = [1, 3, 10, 25]
+    by_k = scores_by_k(hw, rels, [0, 1], ks, settings)
+    for k in ks:
+        one = relation_scores(hw, rels, layers=[0, 1], settings=settings.but(k=k))
+        got = by_k[by_k["k"] == k].reset_index(drop=True)
+        assert got[SCORE_COLUMNS].equals(one[SCORE_COLUMNS])
+    assert by_k.groupby("k")["score"].mean().is_monotonic_increasing
 
 
 def test_parse_layers() -> None:

@@ -20,14 +20,19 @@ from mapslib.errors import MissingAPIKey
 from mapslib.llm.client import Endpoint, LLMConfig, answer_key
 from mapslib.llm.server import LocalServer, backend_installed, local_spec
 from mapslib.salient.describe import (
+    CATEGORY_SCHEMA,
+    SYSTEM_PROMPT,
+    USER_TEMPLATE,
     Describer,
     availability_note,
     build_messages,
     describe_heads,
     is_no_pattern,
     parse_answer,
+    parse_category_answer,
     replay_describer,
 )
+from mapslib.salient.evidence import CATEGORIES, head_evidence
 
 
 def describer(tmp_path: Path, **config) -> tuple[Describer, list[float]]:
@@ -290,3 +295,118 @@ def test_real_llama_cpp_server_describes_caches_and_replays(backend: str, tmp_pa
     again = describe_heads(table, describer=replay, cache_only=True)
     assert again.loc[ok, "cached"].all() and replay.requests == 0
     assert list(again.loc[ok, "pattern"]) == list(first.loc[ok, "pattern"])
+
+
+# -- the prompt with evidence and a category ------------------------------------------------------------
+
+FACTS = ["Top target equals the source (up to case and leading space) in 3 of 3 lines."]
+
+
+def answer(category: str, description: str = "Copies the token: ␣John -> ␣John.") -> str:
+    return json.dumps({"category": category, "description": description})
+
+
+def test_without_evidence_the_messages_are_the_original_ones() -> None:
+    for suppress in (False, True):
+        user = USER_TEMPLATE.format(
+            n=3, k=3, verb="suppresses" if suppress else "promotes", lines="\n".join(LINES)
+        )
+        expected = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": user},
+        ]
+        assert build_messages(LINES, suppress) == expected
+        assert build_messages(LINES, suppress, evidence=None) == expected
+
+
+def test_evidence_prompt_puts_shared_text_first_then_lines_then_facts() -> None:
+    user = build_messages(LINES, evidence=FACTS)[1]["content"]
+    other = build_messages(["␣a -> ␣b, ␣c, ␣d"] * 3, evidence=["Another fact."])[1]["content"]
+    shared = user[: user.index("The lines:")]
+    assert other.startswith(shared)  # one prefix for every head of a run
+    assert all(f"- {c}: " in shared for c in CATEGORIES) and '"category"' in shared
+    assert user.index(LINES[-1]) < user.index(FACTS[0]) and user.endswith(FACTS[0])
+    assert "clear" not in shared.lower()  # the status no longer hangs on a word
+    assert build_messages(LINES, evidence=FACTS)[0]["content"] == SYSTEM_PROMPT
+    assert "suppresses" in build_messages(LINES, True, FACTS)[1]["content"]
+
+
+def test_parse_category_answer() -> None:
+    good = parse_category_answer(answer("copying"))
+    assert good == {"category": "copying", "description": "Copies the token: ␣John -> ␣John."}
+    for variant, category in [
+        ("Copying", "copying"),
+        ("no-pattern", "no pattern"),
+        ("None", "no pattern"),
+        (" Fixed_Output_Set ", "fixed output set"),
+        ("token-class shift", "token class"),
+        ("NAMED RELATION.", "named relation"),
+    ]:
+        assert parse_category_answer(answer(variant))["category"] == category
+    fenced = "```json\n" + answer("morphology") + "\n```"
+    assert parse_category_answer(fenced)["category"] == "morphology"
+    prose = "Here you go: " + answer("copying") + " Hope it helps."
+    assert parse_category_answer(prose)["category"] == "copying"
+    assert (
+        parse_category_answer('{"Category": "copying", "Description": "x"}')["description"] == "x"
+    )
+    assert parse_category_answer(answer("no pattern", ""))["description"] == ""
+    for bad in (
+        None,
+        "",
+        "copying",
+        answer("antonyms"),  # not a category: asked again
+        answer("copying", ""),  # a pattern without its sentence
+        '{"description": "Copies"}',
+        '{"category": 3, "description": "x"}',
+        answer("copying")[:25],
+    ):
+        assert parse_category_answer(bad) is None
+
+
+def test_no_pattern_comes_from_the_category_only(server: FakeServer, tmp_path: Path) -> None:
+    server.script = [
+        {"content": answer("copying", "Copies, though the last line is unclear.")},
+        {"content": answer("none", "Maps tokens to themselves")},
+        {"content": answer("antonyms")},  # unknown: asked again with the next seed
+        {"content": answer("Fixed output set", "Promotes ␣the.")},
+    ]
+    d, _ = describer(tmp_path)
+    first = d.describe(LINES, evidence=FACTS)
+    assert (first.status, first.category) == ("pattern", "copying") and "unclear" in first.pattern
+    second = d.describe(LINES[:2], evidence=FACTS)
+    assert (second.status, second.category) == ("no pattern", "no pattern")
+    third = d.describe(LINES[:1], evidence=FACTS)
+    assert third.category == "fixed output set" and third.attempts == 2
+    assert d.describe(LINES, evidence=FACTS).cached  # the cache keys on the evidence prompt
+    assert d.describe(LINES).category == ""  # the original prompt is another request
+    assert len(server.requests) == 5
+
+
+def test_describe_heads_with_evidence(server: FakeServer, tmp_path: Path) -> None:
+    sal = salient_table([(0, 0), (3, 1)])
+    evidence = head_evidence(sal)
+    server.script = [{"content": answer("copying")}, {"content": answer("no pattern", "None.")}]
+    d, _ = describer(tmp_path)
+    out = describe_heads(sal, describer=d, evidence=evidence)
+    assert list(out["category"]) == ["copying", "no pattern"]
+    assert list(out["status"]) == ["pattern", "no pattern"]
+    user = server.requests[0]["messages"][1]["content"]
+    assert "Facts counted from the lines:\nTop target equals the source" in user
+    plain = describe_heads(sal, describer=d)  # the original prompt: category left empty
+    assert list(plain["category"]) == ["", ""] and len(server.requests) == 4
+
+
+def test_a_grammar_constrained_server_gets_the_category_schema(tmp_path: Path, monkeypatch) -> None:
+    srv = FakeServer()
+    srv.script = [{"content": answer("copying")}]
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    try:
+        cfg = LLMConfig(model="local-model@llama-cpp", json_schema=True)
+        d = Describer(cfg, cache=tmp_path, endpoint=Endpoint(srv.url, model="/models/x.gguf"))
+        assert d.describe(LINES, evidence=FACTS).category == "copying"
+        schema = srv.requests[0]["response_format"]["schema"]
+        assert schema == CATEGORY_SCHEMA
+        assert schema["properties"]["category"]["enum"] == list(CATEGORIES)
+    finally:
+        srv.close()

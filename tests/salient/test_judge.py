@@ -88,6 +88,14 @@ def test_questions_are_seeded(smollm2, salient: pd.DataFrame, items: pd.DataFram
     pd.testing.assert_frame_equal(items, again)
 
 
+def test_answer_positions_are_balanced(items: pd.DataFrame) -> None:
+    """The real list sits at the question's running index modulo its options: no position wins."""
+    for index, r in enumerate(items.itertuples()):
+        assert r.answer == index % len(r.options)
+    counts = items["answer"].value_counts()
+    assert counts.max() - counts.min() <= 1 and set(counts.index) == set(range(SETUP.options))
+
+
 def test_judge_messages_put_the_shared_instructions_first(items: pd.DataFrame) -> None:
     grp = items[(items["layer"] == 23) & (items["head"] == 2)]
     a = judge_messages("Pattern: copies names.", grp)[1]["content"]

@@ -177,7 +177,8 @@ function describe(h) {
     missing("descriptions.csv, nor the salient_mappings.json.gz to replay the committed answers")));
   else if (llm.status === "pattern") out.push(el("p", {}, el("b", {}, "LLM description"),
     el("small", {}, ` (${llm.source})`), ":"),
-    el("blockquote", {}, el("div", {}, "Pattern: ", llm.pattern), el("div", {}, "Inputs: ", llm.inputs)));
+    el("blockquote", {}, llm.category ? el("div", {}, "Category: ", llm.category) : "",
+      el("div", {}, "Pattern: ", llm.pattern), llm.inputs ? el("div", {}, "Inputs: ", llm.inputs) : ""));
   else out.push(el("p", {}, el("b", {}, "LLM description: "),
     llm.status === "no pattern" ? "“Unclear”: no pattern found" : `none (${llm.status})`));
   out.push(el("p", {}, el("b", {}, "Judge: "), !A.measured.judge ? missing("judgements.csv") : !h.judge
