@@ -214,7 +214,25 @@ def assessment_verdict(acc: pd.DataFrame, p_own_shuffled: float, p_own_template:
             f"the LLM's own descriptions: {show(OWN)}; better than another head's description: "
             f"p = {p_own_shuffled:.3g}; better than the template: p = {p_own_template:.3g}"
         )
+        if EVIDENCE in a.index:
+            out.append(
+                _against_template(
+                    a.loc[OWN, "accuracy"], a.loc[EVIDENCE, "accuracy"], p_own_template
+                )
+            )
     return ".\n".join(out) + "."
+
+
+def _against_template(llm: float, template: float, p: float, alpha: float = 0.05) -> str:
+    """The LLM against the no-LLM template, in words (one-sided p that the LLM is better)."""
+    if p < alpha:
+        return "So the LLM's sentences carry more about the head than its facts alone"
+    if llm < template:
+        return (
+            "So the LLM describer does not beat its own evidence template: the sentence written "
+            "from the facts alone predicts more held-out mappings than the LLM's"
+        )
+    return "So the LLM describer adds nothing measurable to its evidence template"
 
 
 def judged_part(salient_all: pd.DataFrame, evidence: pd.DataFrame, n: int | None) -> pd.DataFrame:

@@ -521,7 +521,12 @@ def run_likelihood_judgement(
         found = {"group_accuracy": group_accuracy(judged).to_dict("records")}
         return judged, {**found, **_scorer_record(live)}
 
-    return cached_table(out, key, compute, recompute=recompute, protocol=PROTOCOL, step="judge")
+    judged = cached_table(out, key, compute, recompute=recompute, protocol=PROTOCOL, step="judge")
+    # a CSV read back turns "23.10" into the number 23.1: names are rebuilt from layer and head
+    judged["name"] = (
+        judged["layer"].astype(int).astype(str) + "." + judged["head"].astype(int).astype(str)
+    )
+    return judged
 
 
 def _scorer_record(scorer: Any) -> dict[str, Any]:

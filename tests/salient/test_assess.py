@@ -105,6 +105,12 @@ def test_verdict_says_when_the_judge_fails_its_positive_control() -> None:
 
     good = acc([(POSITIVE, 0.83, 0.71, 0.92, 0.25), (OWN, 0.3, 0.2, 0.4, 0.25)])
     assert "The judge works" in assessment_verdict(good, 0.2, 0.9)
+    with_template = pd.concat([good, acc([(EVIDENCE, 0.5, 0.4, 0.6, 0.25)])])
+    assert "does not beat its own evidence template" in assessment_verdict(
+        with_template, 0.01, 0.99
+    )
+    better = pd.concat([good, acc([(EVIDENCE, 0.2, 0.1, 0.3, 0.25)])])
+    assert "carry more about the head" in assessment_verdict(better, 0.01, 0.01)
     bad = acc([(POSITIVE, 0.3, 0.2, 0.42, 0.25)])
     assert "FAILS its positive control" in assessment_verdict(bad, float("nan"), float("nan"))
 

@@ -193,10 +193,12 @@ def test_scores_are_cached_on_disk(tmp_path: Path) -> None:
     assert CachedScorer(inner, "other", root=tmp_path).path("A B") != cached.path("A B")
 
 
+@pytest.mark.parametrize("name", ["judged.json", "judged.csv"])
 def test_the_table_replays_without_a_model(
-    items: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    items: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    out = tmp_path / "judged.json"
+    """Read back (a CSV turns "23.10" into 23.1), the names are still "layer.head" text."""
+    out = tmp_path / name
     gguf = tmp_path / "absent.gguf"
     contexts = {"own": real_lists(items)}
     monkeypatch.setattr(lk, "open_scorer", lambda path: KnowingScorer())
@@ -204,6 +206,8 @@ def test_the_table_replays_without_a_model(
     monkeypatch.undo()
     again = run_likelihood_judgement(items, contexts, gguf, out, {"run": 1}, progress=False)
     assert again["correct"].all() and len(again) == len(made)
+    expected = again["layer"].astype(str) + "." + again["head"].astype(str)
+    assert again["name"].tolist() == expected.tolist()
     assert again.attrs["sidecar"]["group_accuracy"][0]["accuracy"] == 1.0
     with pytest.raises(LikelihoodJudgeError, match="make setup-llm"):
         run_likelihood_judgement(items, contexts, gguf, out, {"run": 2}, progress=False)
