@@ -79,12 +79,12 @@ from mapslib.salient.assess import (
     assessment_verdict,
     evidence_table,
     judge_contexts,
-    judge_gguf,
     judged_by_category,
     judged_part,
-    run_assessment,
+    own_p_values,
     side_by_side,
     spread_heads,
+    try_assessment,
 )
 from mapslib.salient.describe import (
     answer_records,
@@ -100,13 +100,7 @@ from mapslib.salient.labeller import (
     label_counts_by_layer,
     label_heads,
 )
-from mapslib.salient.likelihood import (
-    EVIDENCE,
-    OWN,
-    SHUFFLED,
-    group_accuracy,
-    paired_permutation_p,
-)
+from mapslib.salient.likelihood import group_accuracy
 from mapslib.salient.mappings import mapping_table, run_salient, salient_mappings
 from mapslib.salient.overlap_judge import reference_summary
 from mapslib.salient.saliency import saliency_scores
@@ -352,32 +346,23 @@ asked = judged_part(salient_all, evidence, judge_heads)
 print(f"judging {asked.groupby(['layer', 'head']).ngroups} heads")
 items = judge_items(hw, lm.tokenizer, asked, setup, settings)
 contexts = judge_contexts(asked, setup, evidence, descriptions)
-judged = run_assessment(
+judged = try_assessment(
     items,
     contexts,
-    judge_gguf(judge_model),
+    judge_model,
     f"{out_dir}/judgements.csv",
     setup,
     describer={"llm": llm_model, "prompt": "category, with the evidence"},
     recompute=recompute,
 )
-accuracy = group_accuracy(judged)
-p_shuffled = paired_permutation_p(judged, OWN, SHUFFLED) if OWN in contexts else float("nan")
-p_template = paired_permutation_p(judged, OWN, EVIDENCE) if OWN in contexts else float("nan")
-print(assessment_verdict(accuracy, p_shuffled, p_template))
+if judged is not None:
+    accuracy = group_accuracy(judged)
+    print(assessment_verdict(accuracy, *own_p_values(judged)))
 
 # %%
-accuracy.set_index("group")[
-    [
-        "heads",
-        "questions",
-        "accuracy",
-        "ci low",
-        "ci high",
-        "p (binomial, > chance)",
-        "accuracy uncalibrated",
-    ]
-].round(3)
+if judged is not None:
+    columns = ["heads", "questions", "accuracy", "ci low", "ci high", "p (binomial, > chance)"]
+    display(accuracy.set_index("group")[columns + ["accuracy uncalibrated"]].round(3))
 
 # %% [markdown]
 # The raw answers, for a degenerate pattern: the share of each position among the judge's picks
@@ -385,25 +370,24 @@ accuracy.set_index("group")[
 # position would show 1.0 in one column.
 
 # %%
-position_columns = [c for c in accuracy.columns if c.startswith(("picked", "answer "))]
-accuracy.set_index("group")[position_columns].round(2)
+if judged is not None:
+    positions = [c for c in accuracy.columns if c.startswith(("picked", "answer "))]
+    display(accuracy.set_index("group")[positions].round(2))
 
 # %% [markdown]
-# Per category (the evidence's, and the LLM's own) and group:
+# Per category (the evidence's, and the LLM's own) and group: the mean accuracy, then the number
+# of questions behind it.
 
 # %%
-by_category = judged_by_category(judged, evidence, descriptions)
-by_category.pivot_table(
-    index="evidence category", columns="group", values="correct", aggfunc="mean"
-).round(2)
-
-# %%
-if "LLM category" in by_category:
-    display(
-        by_category.pivot_table(
-            index="LLM category", columns="group", values="correct", aggfunc=["mean", "size"]
-        ).round(2)
-    )
+if judged is not None:
+    by_category = judged_by_category(judged, evidence, descriptions)
+    for column in ("evidence category", "LLM category"):
+        if column in by_category:
+            display(
+                by_category.pivot_table(
+                    index=column, columns="group", values="correct", aggfunc=["mean", "size"]
+                ).round(2)
+            )
 
 # %% [markdown]
 # The word-overlap judges (`mapslib.salient.overlap_judge`, no model at all) answer the same
@@ -411,7 +395,7 @@ if "LLM category" in by_category:
 # description, or with another head's description:
 
 # %%
-reference_summary(items, salient_all, descriptions.assign(inputs=""), setup)
+reference_summary(items, asked, descriptions.assign(inputs=""), setup)
 
 # %% [markdown]
 # ## Twenty heads side by side
@@ -419,11 +403,15 @@ reference_summary(items, salient_all, descriptions.assign(inputs=""), setup)
 # Mappings (the first 3 of the 30 lines), the evidence's category and template sentence, the LLM's
 # category and sentence, and the judge's accuracy on the 5 held-out questions with each (and with
 # the seen lines), so that a reader can judge the judge. Heads: every evidence category, then spread
-# over depth.
+# over depth, among the heads judged.
 
 # %%
-with pd.option_context("display.max_colwidth", 120):
-    display(side_by_side(salient, evidence, descriptions, judged, spread_heads(evidence, 20)))
+if judged is not None:
+    judged_evidence = evidence[evidence["name"].isin(set(judged["name"]))]
+    with pd.option_context("display.max_colwidth", 120):
+        display(
+            side_by_side(salient, evidence, descriptions, judged, spread_heads(judged_evidence, 20))
+        )
 
 # %% [markdown]
 # ## What the judge's numbers mean
@@ -443,7 +431,7 @@ with pd.option_context("display.max_colwidth", 120):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-judged.attrs.get("sidecar", {}).get("speed")
+None if judged is None else judged.attrs.get("sidecar", {}).get("speed")
 
 # %% [markdown]
 # The shipped models' weights come from 4-bit GGUF files dequantised to float32 (the format is

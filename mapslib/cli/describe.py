@@ -144,13 +144,12 @@ def describe_with(
         assessment_verdict,
         evidence_table,
         judge_contexts,
-        judge_gguf,
+        own_p_values,
         run_assessment,
     )
     from mapslib.salient.describe import run_descriptions
     from mapslib.salient.judge import JudgeSetup, described_part, judge_items
-    from mapslib.salient.likelihood import EVIDENCE, OWN, SHUFFLED, group_accuracy
-    from mapslib.salient.likelihood import paired_permutation_p as perm_p
+    from mapslib.salient.likelihood import group_accuracy
 
     settings = settings_from(args)
     setup = JudgeSetup(described=args.top_tokens)
@@ -173,10 +172,6 @@ def describe_with(
         contexts = judge_contexts(salient, setup, evidence, desc)
         judged_out = out.with_name(out.stem + ".judgements.csv")
         record = {"llm": describer.config.model, "prompt": "category, with the evidence"}
-        judged = run_assessment(
-            items, contexts, judge_gguf(args.judge_model), judged_out, setup, record
-        )
+        judged = run_assessment(items, contexts, args.judge_model, judged_out, setup, record)
         acc = group_accuracy(judged)
-        p_shuffled = perm_p(judged, OWN, SHUFFLED) if OWN in contexts else float("nan")
-        p_template = perm_p(judged, OWN, EVIDENCE) if OWN in contexts else float("nan")
-        log(assessment_verdict(acc, p_shuffled, p_template) + f" Wrote {judged_out}")
+        log(assessment_verdict(acc, *own_p_values(judged)) + f" Wrote {judged_out}")

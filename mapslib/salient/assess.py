@@ -97,21 +97,59 @@ def judge_contexts(
     return contexts
 
 
+def judge_file_name(model: str = JUDGE_MODEL) -> str:
+    """The judge's GGUF file name, without assembling it (it names the judge in the parameters)."""
+    from mapslib.foundation.packaged import ALIASES
+
+    known = ALIASES.get(model)
+    return str(known.filename) if known is not None and known.filename else Path(model).name
+
+
 def run_assessment(
     items: pd.DataFrame,
     contexts: dict[str, dict[str, str]],
-    judge_model: str | Path,
+    judge_model: str,
     out: str | Path | None,
     setup: JudgeSetup,
     describer: dict[str, Any] | None,
     recompute: bool = False,
 ) -> pd.DataFrame:
     """The likelihood judge over every group, cached at `out` (read back with no model when the
-    same questions and descriptions made it)."""
+    same questions and descriptions made it); the judge's GGUF is found only to compute."""
     params = {"setup": vars(setup), "describer": describer, "groups": list(contexts)}
     return run_likelihood_judgement(
-        items, contexts, judge_model, out, params, seed=setup.seed, recompute=recompute
+        items,
+        contexts,
+        lambda: judge_gguf(judge_model),
+        out,
+        params,
+        seed=setup.seed,
+        recompute=recompute,
+        name=judge_file_name(judge_model),
     )
+
+
+def own_p_values(judged: pd.DataFrame) -> tuple[float, float]:
+    """One-sided paired permutation p that the LLM's descriptions beat another head's, and that
+    they beat the evidence template (NaN without LLM descriptions)."""
+    from mapslib.salient.likelihood import paired_permutation_p
+
+    if OWN not in set(judged["group"]):
+        return float("nan"), float("nan")
+    return paired_permutation_p(judged, OWN, SHUFFLED), paired_permutation_p(judged, OWN, EVIDENCE)
+
+
+def try_assessment(*args: Any, **kwargs: Any) -> pd.DataFrame | None:
+    """`run_assessment`, or None with the reason printed when its table must be computed and the
+    judge cannot run here (llama-cpp-python or the judge's model missing): a book built without
+    them still renders, saying what is missing."""
+    from mapslib.errors import MapsError
+
+    try:
+        return run_assessment(*args, **kwargs)
+    except MapsError as e:
+        print(f"The judge cannot run here, and no judged table matches these questions: {e}")
+        return None
 
 
 def judged_by_category(

@@ -25,6 +25,7 @@ import json
 import os
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -493,18 +494,20 @@ def _digest(obj: Any) -> str:
 def run_likelihood_judgement(
     items: pd.DataFrame,
     contexts: dict[str, dict[str, str]],
-    scorer: Scorer | str | Path,
+    scorer: Scorer | str | Path | Callable[[], Scorer | str | Path],
     out: str | Path | None,
     params: dict[str, Any],
     *,
     seed: int = 0,
     recompute: bool = False,
     progress: bool = True,
+    name: str | None = None,
 ) -> pd.DataFrame:
     """The likelihood judge's table, read from `out` when the same inputs made it (no model needed),
-    else computed and written with its sidecar. `scorer` may be a GGUF path: opened only to compute.
-    """
-    model = Path(scorer).name if isinstance(scorer, str | Path) else type(scorer).__name__
+    else computed and written with its sidecar. `scorer` may be a GGUF path, or a function giving
+    one (resolved only to compute), opened only to compute; `name` the scorer's name in the table's
+    parameters (default: the file's name)."""
+    model = name or (Path(scorer).name if isinstance(scorer, str | Path) else type(scorer).__name__)
     key = {
         **params,
         "scorer": model,
@@ -516,7 +519,8 @@ def run_likelihood_judgement(
     }
 
     def compute() -> Computed:
-        live = open_scorer(scorer) if isinstance(scorer, str | Path) else scorer
+        target = scorer() if callable(scorer) and not hasattr(scorer, "logprobs") else scorer
+        live = open_scorer(target) if isinstance(target, str | Path) else target
         judged = likelihood_judge(items, contexts, live, seed=seed, progress=progress)
         found = {"group_accuracy": group_accuracy(judged).to_dict("records")}
         return judged, {**found, **_scorer_record(live)}

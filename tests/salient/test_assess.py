@@ -13,6 +13,7 @@ from mapslib.salient.assess import (
     judged_part,
     side_by_side,
     spread_heads,
+    try_assessment,
 )
 from mapslib.salient.judge import JudgeSetup
 from mapslib.salient.likelihood import EMPTY, EVIDENCE, GROUPS, OWN, POSITIVE, SHUFFLED
@@ -126,3 +127,16 @@ def test_side_by_side_shows_scores_per_group(parts) -> None:
     assert row["LLM category"] == "copying" and row["evidence category"] == "copying"
     assert (row["seen-lines score"], row["LLM score"], row["template score"]) == (1.0, 0.0, 1.0)
     assert row["mappings"].count("\n") == 2  # the first 3 lines
+
+
+def test_a_book_without_the_judge_says_so_instead_of_failing(parts, tmp_path, capsys) -> None:
+    """No judged table for these questions and no judge model here: None and one line why."""
+    salient_all, evidence, desc = parts
+    items = pd.DataFrame(
+        {"layer": [1], "head": [0], "item": [0], "source": [" w"], "options": [[" a", " b"]],
+         "option_heads": [["1.0", "2.0"]], "answer": [0]}
+    )  # fmt: skip
+    ctx = judge_contexts(salient_all, JudgeSetup(), evidence, desc)
+    missing = str(tmp_path / "absent.gguf")
+    out = try_assessment(items, ctx, missing, tmp_path / "j.csv", JudgeSetup(), None)
+    assert out is None and "The judge cannot run here" in capsys.readouterr().out
