@@ -248,7 +248,12 @@ evidence[
 # %%
 describer = replay_describer(llm_model, temperature, seed)
 descriptions = run_descriptions(
-    salient, f"{out_dir}/descriptions.csv", describer=describer, cache_only=True, evidence=evidence
+    salient,
+    f"{out_dir}/descriptions.csv",
+    describer=describer,
+    cache_only=True,
+    evidence=evidence,
+    progress=False,
 )
 print(availability_note(descriptions))
 print(descriptions["status"].value_counts().to_string())
@@ -342,6 +347,8 @@ comparison[comparison["label"] != "none"][["name", "label", "status", "pattern",
 # - **the baseline**: the evidence template, written with no LLM.
 
 # %%
+# NBVAL_IGNORE_OUTPUT
+# (the judge needs llama.cpp, which CI does not build: tests/salient check it with scripted scorers)
 asked = judged_part(salient_all, evidence, judge_heads)
 print(f"judging {asked.groupby(['layer', 'head']).ngroups} heads")
 items = judge_items(hw, lm.tokenizer, asked, setup, settings)
@@ -360,6 +367,8 @@ if judged is not None:
     print(assessment_verdict(accuracy, *own_p_values(judged)))
 
 # %%
+# NBVAL_IGNORE_OUTPUT
+# (the judge needs llama.cpp, which CI does not build: tests/salient check it with scripted scorers)
 if judged is not None:
     columns = ["heads", "questions", "accuracy", "ci low", "ci high", "p (binomial, > chance)"]
     display(accuracy.set_index("group")[columns + ["accuracy uncalibrated"]].round(3))
@@ -370,6 +379,8 @@ if judged is not None:
 # position would show 1.0 in one column.
 
 # %%
+# NBVAL_IGNORE_OUTPUT
+# (the judge needs llama.cpp, which CI does not build: tests/salient check it with scripted scorers)
 if judged is not None:
     positions = [c for c in accuracy.columns if c.startswith(("picked", "answer "))]
     display(accuracy.set_index("group")[positions].round(2))
@@ -379,6 +390,8 @@ if judged is not None:
 # of questions behind it.
 
 # %%
+# NBVAL_IGNORE_OUTPUT
+# (the judge needs llama.cpp, which CI does not build: tests/salient check it with scripted scorers)
 if judged is not None:
     by_category = judged_by_category(judged, evidence, descriptions)
     for column in ("evidence category", "LLM category"):
@@ -406,6 +419,8 @@ reference_summary(items, asked, descriptions.assign(inputs=""), setup)
 # over depth, among the heads judged.
 
 # %%
+# NBVAL_IGNORE_OUTPUT
+# (the judge needs llama.cpp, which CI does not build: tests/salient check it with scripted scorers)
 if judged is not None:
     judged_evidence = evidence[evidence["name"].isin(set(judged["name"]))]
     with pd.option_context("display.max_colwidth", 120):

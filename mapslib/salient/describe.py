@@ -406,6 +406,7 @@ def run_descriptions(
     concurrency: int = 1,
     server: dict[str, Any] | None = None,
     evidence: pd.DataFrame | None = None,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """`describe_heads` written to `out` with the LLM settings (and `server`, if local) beside it;
     `attrs["note"]` says how many heads got a description. Answers are cached one by one, so this
@@ -427,7 +428,7 @@ def run_descriptions(
             cache_only=cache_only,
             describer=describer,
             concurrency=concurrency,
-            progress=True,
+            progress=progress,
             evidence=evidence,
         )
         found = {"llm": asdict(config), "server": server, "concurrency": concurrency}
