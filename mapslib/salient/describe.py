@@ -174,24 +174,14 @@ def parse_answer(text: str | None) -> dict[str, str] | None:
     """The answer's fields from JSON, fenced JSON or JSON inside prose; a bare 'Unclear'; else None."""
     if not text or not text.strip():
         return None
-    body = re.sub(r"^\s*```(?:json)?\s*|\s*```\s*$", "", text.strip(), flags=re.IGNORECASE)
-    candidates = [body]
-    if "{" in body and "}" in body:
-        candidates.append(body[body.index("{") : body.rindex("}") + 1])
-    for cand in candidates:
-        try:
-            obj = json.loads(cand)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            fields = {str(k).strip().lower(): v for k, v in obj.items()}
-            pattern = fields.get("pattern")
-            if isinstance(pattern, str) and pattern.strip():
-                return {
-                    "pattern": pattern.strip(),
-                    "inputs": str(fields.get("inputs", "") or "").strip(),
-                    "reasoning": str(fields.get("reasoning", "") or "").strip(),
-                }
+    fields = _json_object(text) or {}
+    pattern = fields.get("pattern")
+    if isinstance(pattern, str) and pattern.strip():
+        return {
+            "pattern": pattern.strip(),
+            "inputs": str(fields.get("inputs", "") or "").strip(),
+            "reasoning": str(fields.get("reasoning", "") or "").strip(),
+        }
     if re.fullmatch(r"[\s\"'`.]*unclear[\s\"'`.]*", text, flags=re.IGNORECASE):
         return {"pattern": "Unclear", "inputs": "", "reasoning": ""}
     return None
