@@ -9,7 +9,7 @@ DEVICE ?= auto
 # the llama-cpp-python release (setup-llm), and the llama.cpp it vendors (setup-llm-server)
 LLAMA_CPP_PYTHON := 0.3.36
 
-.PHONY: setup setup-llm setup-llm-server setup-browser describe book test lint unit nbval bench clean
+.PHONY: setup setup-llm setup-llm-server setup-browser describe judge-scores book test lint unit nbval bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ $(BIN)/llama-server: | setup
 describe: setup-llm
 	$(BIN)/python -m mapslib salient --model $(MODEL) --device cpu --out _build/describe/$(MODEL).json \
 		--describe --judge --llm local --llm-cache mapslib/data/llm_answers
+
+# Commit the likelihood judge's cached scores (mapslib/data/judge_scores/), so that a fresh clone
+# replays chapter 7's judge with no llama.cpp and no judge model.
+judge-scores: setup
+	$(BIN)/python -c "from mapslib.salient.assess import export_judge_scores; print(export_judge_scores())"
 
 book: setup
 	$(BIN)/python -m mapslib book --model $(MODEL) --device $(DEVICE) --fresh

@@ -11,6 +11,13 @@ weights (`judge_items`, balanced answer positions), scored by a local GGUF model
 
     python benchmarks/bench_judge.py --models qwen2.5-coder-0.5b qwen2.5-coder-1.5b --heads 30
 
+`--workers` times the whole judge instead (`run_likelihood_judgement`, every score computed into a
+fresh cache) on the positive control and the shuffled seen lines: one process of one llama.cpp
+thread (the default on 2 cores before `parallel_judge`), one process of two threads, and
+`parallel_judge`'s processes of one thread each:
+
+    python benchmarks/bench_judge.py --models qwen2.5-coder-0.5b --heads 8 --workers 1 2
+
 On a 2-core machine that another process keeps busy, `--threads 1` is ~5x faster than 2: llama.cpp's
 threads wait for each other at every operation, and a preempted one stalls the rest (measured
 with Qwen2.5-Coder-0.5B: 1.35 against 7.2 s per question).
@@ -21,9 +28,11 @@ Results go to benchmarks/results/judge_<model>_<N>heads.json.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -112,16 +121,57 @@ def one_model(model: str, items: pd.DataFrame, seen: dict[str, str], threads: in
     }
 
 
+def workers_timing(
+    model: str, items: pd.DataFrame, seen: dict[str, str], workers: list[int]
+) -> dict:
+    """Wall time of the whole judge per layout, each into a fresh cache (the committed store is not
+    read: run this before `make judge-scores` has the questions, or on other heads)."""
+    import tempfile
+
+    from mapslib.salient.likelihood import CachedScorer, run_likelihood_judgement
+
+    path = ALIASES[model].path() if model in ALIASES else Path(model)
+    contexts = {POSITIVE: seen, SHUFFLED_SEEN: shuffled(seen, 0)}
+    layouts: list[tuple[str, Any]] = [("1 process x 2 threads", 2)]
+    layouts += [(f"{w} process(es) x 1 thread", w) for w in workers]
+    out = {}
+    for label, n in layouts:
+        with tempfile.TemporaryDirectory() as cache:
+            os.environ["MAPSLIB_CACHE"] = cache
+            t0 = time.perf_counter()
+            if label.startswith("1 process x 2"):
+                scorer = CachedScorer(LlamaScorer(path, n_threads=n), path.stem)
+                run_likelihood_judgement(items, contexts, scorer, None, {}, progress=False)
+            else:
+                run_likelihood_judgement(items, contexts, path, None, {}, progress=False, workers=n)
+            wall = time.perf_counter() - t0
+        out[label] = {"seconds": round(wall, 1), "seconds_per_head": round(wall / len(seen), 2)}
+        print(label, out[label], flush=True)
+    return out
+
+
 def main() -> None:
     """Parse the arguments, build the questions once, judge them with each model, write JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"])
     ap.add_argument("--heads", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, nargs="+", help="time the judge's process layouts")
     args = ap.parse_args()
     setup = JudgeSetup()
     salient, items = build_items(args.heads, setup)
     seen = seen_descriptions(salient, setup)
+    if args.workers:
+        for model in args.models:
+            timing = workers_timing(model, items, seen, args.workers)
+            stem = Path(ALIASES[model].filename if model in ALIASES else model).stem
+            write_json(
+                RESULTS / f"judge_workers_{stem}_{len(seen)}heads.json",
+                {"heads": len(seen), "questions": len(items), "timing": timing,
+                 "machine": f"{platform.machine()} {platform.processor()}".strip(),
+                 "cpus": os.cpu_count()},
+            )  # fmt: skip
+        return
     for model in args.models:
         result = one_model(model, items, seen, args.threads)
         result.update(

@@ -345,6 +345,12 @@ comparison[comparison["label"] != "none"][["name", "label", "status", "pattern",
 # - **negative controls**: another head's description (a seeded derangement), and an empty one (PMI 0
 #   for every option: chance by construction), must not;
 # - **the baseline**: the evidence template, written with no LLM.
+#
+# The judge's scores are cached per context, and the book's are committed
+# (`mapslib/data/judge_scores/`, written by `make judge-scores`), so this cell replays them with no
+# llama.cpp and no judge model; scores missing from both are computed in one single-threaded
+# llama.cpp process per core (`mapslib.salient.parallel_judge`; `MAPSLIB_JUDGE_WORKERS` sets how
+# many).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -361,6 +367,7 @@ judged = try_assessment(
     setup,
     describer={"llm": llm_model, "prompt": "category, with the evidence"},
     recompute=recompute,
+    progress=False,  # a bar would be stored in the page; the CLI shows it (salient --judge)
 )
 if judged is not None:
     accuracy = group_accuracy(judged)

@@ -237,12 +237,12 @@ def description_records(desc: pd.DataFrame, source: str) -> dict[str, dict]:
 
 
 def judge_records(judged: pd.DataFrame) -> dict[str, dict]:
-    """Per head, the judge's accuracy with the head's own description (not the control)."""
+    """Per head, the likelihood judge's accuracy with the head's own description (not a control)."""
     from mapslib.salient.judge import per_head_accuracy
+    from mapslib.salient.likelihood import OWN
 
-    acc = per_head_accuracy(judged)
-    own = acc["group"] == "own description"  # the likelihood judge; else the chat judge's groups
-    acc = acc[own] if own.any() else acc[~acc["group"].str.startswith("shuffled")]
+    acc = per_head_accuracy(judged) if "group" in judged else judged.iloc[0:0]
+    acc = acc[acc["group"] == OWN] if "group" in acc else acc
     return {
         head_key(r.layer, r.head): {"accuracy": clean(r.accuracy, 3), "questions": int(r.questions)}
         for r in acc.itertuples()

@@ -9,11 +9,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 
 from mapslib.foundation.settings import DEFAULTS
-from mapslib.salient.judge import GROUPS
 
 
 def identification_rate(share: pd.DataFrame, model: str) -> Figure:
@@ -127,33 +125,5 @@ def max_score_distribution(real: pd.DataFrame, random: pd.DataFrame, model: str)
     ax.set_ylabel("heads")
     ax.set_title(f"{model}: best relation score per head")
     ax.legend(frameon=False)
-    fig.tight_layout()
-    return fig
-
-
-def judge_scores(per_head: pd.DataFrame, chance: float, model: str) -> Figure:
-    """Per-head judge accuracy by group (described, "Unclear", shuffled control), chance marked."""
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.set_title(f"{model}: does a description predict held-out mappings?")
-    if per_head.empty:
-        ax.text(0.5, 0.5, "no described head to score yet", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
-    order = [g for g in GROUPS if g in set(per_head["group"])]
-    sns.stripplot(per_head, x="accuracy", y="group", order=order, ax=ax, alpha=0.6, jitter=0.25)
-    sns.pointplot(
-        per_head,
-        x="accuracy",
-        y="group",
-        order=order,
-        ax=ax,
-        color="black",
-        linestyle="none",
-        errorbar=("ci", 95),
-        markers="d",
-    )
-    ax.axvline(chance, color="grey", linestyle="--", label=f"chance ({chance:.2f})")
-    ax.set(xlim=(-0.05, 1.05), xlabel="held-out questions answered right (per head)", ylabel="")
-    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig

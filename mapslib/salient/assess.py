@@ -105,6 +105,13 @@ def judge_file_name(model: str = JUDGE_MODEL) -> str:
     return str(known.filename) if known is not None and known.filename else Path(model).name
 
 
+def export_judge_scores(model: str = JUDGE_MODEL) -> Path:
+    """Write the judge's cached scores into the committed store (`likelihood.export_scores`)."""
+    from mapslib.salient.likelihood import cache_name, export_scores
+
+    return export_scores(cache_name(judge_file_name(model)))
+
+
 def run_assessment(
     items: pd.DataFrame,
     contexts: dict[str, dict[str, str]],
@@ -113,9 +120,14 @@ def run_assessment(
     setup: JudgeSetup,
     describer: dict[str, Any] | None,
     recompute: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """The likelihood judge over every group, cached at `out` (read back with no model when the
-    same questions and descriptions made it); the judge's GGUF is found only to compute."""
+    same questions and descriptions made it); the judge's GGUF is found only to score what is
+    neither cached nor committed, in `workers` processes (default: one per core, at most 8)."""
+    from mapslib.salient.parallel_judge import default_workers
+
     params = {"setup": vars(setup), "describer": describer, "groups": list(contexts)}
     return run_likelihood_judgement(
         items,
@@ -126,6 +138,8 @@ def run_assessment(
         seed=setup.seed,
         recompute=recompute,
         name=judge_file_name(judge_model),
+        workers=default_workers() if workers is None else workers,
+        progress=progress,
     )
 
 

@@ -1,7 +1,7 @@
 """Scoring descriptions by likelihood: which option does a description make more probable?
 
-The chat judge of `judge` answers all of a head's questions as a letter list and favours letters by
-position. This judge never sees letters: a language model scores each option on its own, as the
+A chat judge that answers a head's questions as a letter list favours letters by position (the
+project's first judge did, and was removed). This judge never sees letters: a language model scores each option on its own, as the
 continuation of a plain-text context holding the description and the source token, by the summed
 log-probability of the option's tokens (the multiple-choice method of lm-evaluation-harness). A
 small model prefers short, common lists whatever the description says, so each score is
@@ -20,6 +20,7 @@ so PMI cancels it. The question line repeats the lines' own form, `source ->`, f
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import os
@@ -36,7 +37,7 @@ from tqdm import tqdm
 
 from mapslib.errors import MapsError
 from mapslib.foundation.cache import Computed, cached_table
-from mapslib.foundation.io import cache_root, sha256_text, write_json
+from mapslib.foundation.io import atomic_write, cache_root, sha256_text, write_json
 from mapslib.salient.judge import (
     JudgeSetup,
     described_part,
@@ -88,20 +89,32 @@ class Scorer(Protocol):
         ...
 
 
-def require_llama(gguf_path: str | Path) -> Path:
-    """The GGUF path, after checking that llama_cpp imports and the file exists (else one line)."""
-    path = Path(gguf_path)
+def require_backend() -> None:
+    """Check that llama_cpp imports (else one line naming the fix)."""
     if importlib.util.find_spec("llama_cpp") is None:
         raise LikelihoodJudgeError(
             "llama-cpp-python is not installed, so descriptions cannot be scored by likelihood "
             "and no table made with these parameters was found; run: make setup-llm"
         )
+
+
+def require_llama(gguf_path: str | Path) -> Path:
+    """The GGUF path, after checking that llama_cpp imports and the file exists (else one line)."""
+    require_backend()
+    path = Path(gguf_path)
     if not path.is_file():
         raise LikelihoodJudgeError(
             f"GGUF file {path} not found, so descriptions cannot be scored by likelihood; install "
             "the model (make setup-llm) or pass an existing .gguf file"
         )
     return path
+
+
+def resolve_gguf(source: str | Path | Callable[[], str | Path]) -> Path:
+    """The judge's GGUF file; `source` may be a function that assembles it, called only once the
+    backend is known to be installed (no model is assembled for a judge that cannot run)."""
+    require_backend()
+    return require_llama(source() if callable(source) else source)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -253,26 +266,59 @@ def _summed(logits: np.ndarray, ids: list[int]) -> float:
     return float(_log_softmax(logits)[np.arange(len(ids)), ids].sum())
 
 
+COMMITTED_SCORES = Path(__file__).resolve().parent.parent / "data" / "judge_scores"
+
+
+def committed_scores(model: str, root: Path = COMMITTED_SCORES) -> dict[str, dict[str, float]]:
+    """A judge model's committed scores, {context key: {continuation: log-probability}}; {} if none."""
+    path = Path(root) / f"{model}.json.gz"
+    return json.loads(gzip.decompress(path.read_bytes())) if path.is_file() else {}
+
+
 class CachedScorer:
     """A scorer whose scores are kept on disk, one JSON file per (model, context), so an
-    interrupted run resumes where it stopped."""
+    interrupted run resumes where it stopped. With `committed` (a folder: `lazy_scorer` passes
+    COMMITTED_SCORES), scores are also read from the committed store (`export_scores`), so a fresh
+    clone replays the book's judge with no model; `scorer` may be a function that opens the model,
+    called only when a score is found in neither."""
 
-    def __init__(self, scorer: Scorer, model: str, root: str | Path | None = None):
-        self.scorer = scorer
+    def __init__(
+        self,
+        scorer: Scorer | Callable[[], Scorer],
+        model: str,
+        root: str | Path | None = None,
+        committed: str | Path | None = None,
+    ):
+        self._scorer = scorer if hasattr(scorer, "logprobs") else None
+        self._open = None if self._scorer is not None else scorer
         self.model = model
         self.root = Path(root) if root is not None else cache_root() / "likelihood"
-        self.hits = 0  # continuations read from the cache
+        self.committed = committed_scores(model, Path(committed)) if committed else {}
+        self.hits = 0  # continuations read from the cache or the committed store
         self.misses = 0  # continuations scored
+
+    @property
+    def scorer(self) -> Scorer:
+        """The scorer itself, opened on first use."""
+        if self._scorer is None:
+            self._scorer = self._open()  # type: ignore[misc]
+        return self._scorer
+
+    def key(self, context: str) -> str:
+        """The key of one context under this model (its cache file's name)."""
+        return sha256_text(json.dumps([self.model, context]))
 
     def path(self, context: str) -> Path:
         """The cache file of one context under this model."""
-        key = sha256_text(json.dumps([self.model, context]))
+        key = self.key(context)
         return self.root / self.model / key[:2] / f"{key}.json"
 
     def logprobs(self, context: str, continuations: list[str]) -> list[float]:
         """Cached scores, the missing ones computed together and stored (atomically)."""
         path = self.path(context)
-        stored = json.loads(path.read_text())["scores"] if path.is_file() else {}
+        stored = dict(self.committed.get(self.key(context), {}))
+        if path.is_file():
+            stored.update(json.loads(path.read_text())["scores"])
         missing = [c for c in dict.fromkeys(continuations) if c not in stored]
         if missing:
             stored.update(zip(missing, self.scorer.logprobs(context, missing), strict=True))
@@ -280,6 +326,19 @@ class CachedScorer:
         self.misses += len(missing)
         self.hits += len(continuations) - len(missing)
         return [float(stored[c]) for c in continuations]
+
+
+def export_scores(
+    model: str, root: str | Path | None = None, out: str | Path = COMMITTED_SCORES
+) -> Path:
+    """Merge every score cached for `model` into its committed store (gzipped JSON, sorted keys,
+    no time in the header: the same scores give the same bytes). `make judge-scores` runs it."""
+    src = (Path(root) if root is not None else cache_root() / "likelihood") / model
+    store = committed_scores(model, Path(out))
+    for f in sorted(src.rglob("*.json")):
+        store.setdefault(f.stem, {}).update(json.loads(f.read_text())["scores"])
+    data = gzip.compress(json.dumps(store, sort_keys=True).encode(), mtime=0)
+    return atomic_write(Path(out) / f"{model}.json.gz", lambda p: p.write_bytes(data))
 
 
 def question_context(source: str, description: str) -> str:
@@ -479,11 +538,42 @@ def paired_permutation_p(
     return (1 + above) / (1 + n)
 
 
+def open_llama(gguf_path: str | Path, **kw: Any) -> Scorer:
+    """A llama.cpp scorer for a GGUF file (one-line error if the backend or the file is missing)."""
+    return LlamaScorer(require_llama(gguf_path), **kw)
+
+
 def open_scorer(gguf_path: str | Path, **kw: Any) -> CachedScorer:
-    """A llama.cpp scorer for a GGUF file with its scores cached on disk (one-line error if the
-    backend or file is missing)."""
-    path = require_llama(gguf_path)
-    return CachedScorer(LlamaScorer(path, **kw), path.name.removesuffix(".gguf"))
+    """A llama.cpp scorer for a GGUF file with its scores cached on disk."""
+    path = Path(gguf_path)
+    return CachedScorer(open_llama(path, **kw), path.name.removesuffix(".gguf"))
+
+
+def lazy_scorer(
+    source: str | Path | Callable[[], str | Path], model: str, **kw: Any
+) -> CachedScorer:
+    """A cached scorer named `model` whose GGUF file is found (`source` may be a function that
+    assembles it) and opened only for a score missing from the cache and the committed store."""
+    opener = lambda: open_llama(resolve_gguf(source), **kw)  # noqa: E731
+    return CachedScorer(opener, model, committed=COMMITTED_SCORES)
+
+
+class _Missing(Exception):
+    """A score is in neither the cache nor the committed store."""
+
+
+def all_cached(items: pd.DataFrame, contexts: dict[str, dict[str, str]], model: str) -> bool:
+    """Whether every score the judge needs is cached or committed (reading them only)."""
+
+    def missing() -> Scorer:
+        raise _Missing
+
+    try:
+        reader = CachedScorer(missing, model, committed=COMMITTED_SCORES)
+        likelihood_judge(items, contexts, reader, progress=False)
+    except _Missing:
+        return False
+    return True
 
 
 def _digest(obj: Any) -> str:
@@ -502,11 +592,13 @@ def run_likelihood_judgement(
     recompute: bool = False,
     progress: bool = True,
     name: str | None = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """The likelihood judge's table, read from `out` when the same inputs made it (no model needed),
     else computed and written with its sidecar. `scorer` may be a GGUF path, or a function giving
-    one (resolved only to compute), opened only to compute; `name` the scorer's name in the table's
-    parameters (default: the file's name)."""
+    one (resolved only to compute), opened only for scores neither cached nor committed; `name` the
+    scorer's name in the table's parameters (default: the file's name); `workers` > 1 scores the
+    missing ones in that many processes first (`parallel_judge.prescore`)."""
     model = name or (Path(scorer).name if isinstance(scorer, str | Path) else type(scorer).__name__)
     key = {
         **params,
@@ -519,8 +611,11 @@ def run_likelihood_judgement(
     }
 
     def compute() -> Computed:
-        target = scorer() if callable(scorer) and not hasattr(scorer, "logprobs") else scorer
-        live = open_scorer(target) if isinstance(target, str | Path) else target
+        live = scorer if hasattr(scorer, "logprobs") else lazy_scorer(scorer, cache_name(model))
+        if workers > 1 and live is not scorer and not all_cached(items, contexts, live.model):
+            from mapslib.salient.parallel_judge import prescore
+
+            prescore(items, contexts, resolve_gguf(scorer), live.model, workers, progress)  # type: ignore[arg-type]
         judged = likelihood_judge(items, contexts, live, seed=seed, progress=progress)
         found = {"group_accuracy": group_accuracy(judged).to_dict("records")}
         return judged, {**found, **_scorer_record(live)}
@@ -533,9 +628,14 @@ def run_likelihood_judgement(
     return judged
 
 
+def cache_name(file_name: str) -> str:
+    """The judge's name in its cache and committed store: its GGUF file's name without `.gguf`."""
+    return file_name.removesuffix(".gguf")
+
+
 def _scorer_record(scorer: Any) -> dict[str, Any]:
     """What the scorer did, for the sidecar: cache hits and tokens evaluated per second."""
-    inner = getattr(scorer, "scorer", scorer)
+    inner = scorer._scorer if isinstance(scorer, CachedScorer) else scorer
     record: dict[str, Any] = {}
     if isinstance(scorer, CachedScorer):
         record["cache"] = {"hits": scorer.hits, "scored": scorer.misses}

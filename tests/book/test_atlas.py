@@ -77,10 +77,9 @@ def full_part(small_part: Path) -> Path:
     salient = salient_rows()
     write_table(data / "salient_mappings.json.gz", salient, {})
     judged = pd.DataFrame(
-        [(2, 0, "2.0", i, "pattern", "2.0", 0, 0, i < 3, False) for i in range(4)]
-        + [(2, 0, "2.0", i, "pattern", "3.2", 0, 1, False, True) for i in range(4)],
-        columns=["layer", "head", "name", "item", "status", "description_of", "answer",
-                 "picked", "correct", "control"],
+        [(2, 0, "2.0", "own description", i, 0, 0, i < 3) for i in range(4)]
+        + [(2, 0, "2.0", "shuffled description (control)", i, 0, 1, False) for i in range(4)],
+        columns=["layer", "head", "name", "group", "item", "answer", "picked", "correct"],
     )  # fmt: skip
     synthetic.write(data / "judgements.csv", judged, {"setup": {"described": 2}})
     desc = pd.DataFrame(

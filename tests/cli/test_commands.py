@@ -298,10 +298,14 @@ def test_describe_and_judge_against_a_local_server(
 ) -> None:
     """`--judge` scores each head's 5 held-out questions in every group (positive control, the
     template, own and another head's description, none) and logs the verdict."""
-    import mapslib.salient.assess as assess
+    import mapslib.salient.likelihood as lk
     from mapslib.salient.likelihood import GROUPS
 
-    monkeypatch.setattr(assess, "judge_gguf", lambda model: ConstantScorer())
+    monkeypatch.setattr(lk, "resolve_gguf", lambda source: tmp_path / "judge.gguf")
+    monkeypatch.setattr(lk, "open_llama", lambda path: ConstantScorer())
+    monkeypatch.setattr(lk, "COMMITTED_SCORES", tmp_path / "no store")  # the book's real scores
+    monkeypatch.setenv("MAPSLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MAPSLIB_JUDGE_WORKERS", "1")  # a spawned process would not see the patches
     fake_openai.script = [{"content": CATEGORY_ANSWER}] * 2
     args = ["salient", "--heads", "23.2,23.3", "--describe", "--judge", "--llm-model", "local"]
     rc = main([*args, "--out", str(tmp_path / "s.json")])

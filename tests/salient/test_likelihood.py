@@ -16,6 +16,7 @@ from mapslib.salient.likelihood import (
     CachedScorer,
     LikelihoodJudgeError,
     empty,
+    export_scores,
     group_accuracy,
     likelihood_judge,
     paired_permutation_p,
@@ -197,20 +198,45 @@ def test_scores_are_cached_on_disk(tmp_path: Path) -> None:
 def test_the_table_replays_without_a_model(
     items: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    """Read back (a CSV turns "23.10" into 23.1), the names are still "layer.head" text."""
+    """Read back (a CSV turns "23.10" into 23.1), the names are still "layer.head" text; the
+    model is opened only for a score that is not cached, and is missed with one line."""
+    monkeypatch.setenv("MAPSLIB_CACHE", str(tmp_path / "cache"))
     out = tmp_path / name
     gguf = tmp_path / "absent.gguf"
     contexts = {"own": real_lists(items)}
-    monkeypatch.setattr(lk, "open_scorer", lambda path: KnowingScorer())
+    real = lk.open_llama, lk.resolve_gguf
+    monkeypatch.setattr(lk, "resolve_gguf", lambda source: gguf)
+    monkeypatch.setattr(lk, "open_llama", lambda path: KnowingScorer())
     made = run_likelihood_judgement(items, contexts, gguf, out, {"run": 1}, progress=False)
-    monkeypatch.undo()
+    monkeypatch.setattr(lk, "open_llama", real[0])
+    monkeypatch.setattr(lk, "resolve_gguf", real[1])
     again = run_likelihood_judgement(items, contexts, gguf, out, {"run": 1}, progress=False)
     assert again["correct"].all() and len(again) == len(made)
     expected = again["layer"].astype(str) + "." + again["head"].astype(str)
     assert again["name"].tolist() == expected.tolist()
     assert again.attrs["sidecar"]["group_accuracy"][0]["accuracy"] == 1.0
+    cached = run_likelihood_judgement(items, contexts, gguf, out, {"run": 2}, progress=False)
+    assert cached.attrs["sidecar"]["cache"]["scored"] == 0  # every score from the disk cache
+    changed = {"own": {n: d + " More." for n, d in contexts["own"].items()}}
     with pytest.raises(LikelihoodJudgeError, match="make setup-llm"):
-        run_likelihood_judgement(items, contexts, gguf, out, {"run": 2}, progress=False)
+        run_likelihood_judgement(items, changed, gguf, out, {"run": 3}, progress=False)
+
+
+def test_committed_scores_replay_with_no_cache_and_no_model(tmp_path: Path) -> None:
+    """Exported scores are read back with an empty cache, no scorer opened; exporting twice
+    writes the same bytes (git sees no change)."""
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    CachedScorer(KnowingScorer(), "m", root=cache).logprobs("A B", [" A", " Q"])
+    first = export_scores("m", root=cache, out=store).read_bytes()
+    assert export_scores("m", root=cache, out=store).read_bytes() == first
+
+    def never() -> KnowingScorer:
+        raise AssertionError("the model was opened")
+
+    replay = CachedScorer(never, "m", root=tmp_path / "empty", committed=store)
+    assert replay.logprobs("A B", [" Q", " A"]) == [-10.0, -5.0] and replay.hits == 2
+    with pytest.raises(AssertionError, match="opened"):
+        replay.logprobs("A B", [" R"])  # not committed: only now is the model needed
 
 
 GGUF = cache_root() / "gguf" / "qwen2.5-coder-0.5b-instruct-awq.Q4_K_M.gguf"
