@@ -1,14 +1,15 @@
 """Scoring descriptions by likelihood: which option does a description make more probable?
 
 A chat judge that answers a head's questions as a letter list favours letters by position (the
-project's first judge did, and was removed). This judge never sees letters: a language model scores each option on its own, as the
-continuation of a plain-text context holding the description and the source token, by the summed
-log-probability of the option's tokens (the multiple-choice method of lm-evaluation-harness). A
-small model prefers short, common lists whatever the description says, so each score is
-calibrated by the same option's log-probability after a context whose description is a fixed
-"no description" text (domain-conditional PMI, Holtzman et al. 2021): what the description adds.
-The pick is the option with the highest PMI; ties (an empty description gives PMI 0 to every option)
-are broken by a seeded random draw, so an uninformative judge scores chance, not "always the first".
+project's first judge did, and was removed). This judge never sees letters: a language model scores
+each option on its own, as the continuation of a plain-text context holding the description and the
+source token, by the summed log-probability of the option's tokens (the multiple-choice method of
+lm-evaluation-harness). A small model prefers short, common lists whatever the description says, so
+each score is calibrated by the same option's log-probability after a context whose description is
+a fixed "no description" text (domain-conditional PMI, Holtzman et al. 2021): what the description
+adds. The pick is the option with the highest PMI; ties (an empty description gives PMI 0 to every
+option) are broken by a seeded random draw, so an uninformative judge scores chance, not "always
+the first".
 
 Tokens are rendered as everywhere else in the project (`mapslib.foundation.tokens.shown`: '␣' for a
 leading space): the describer saw its 30 lines that way, descriptions quote tokens that way, and
