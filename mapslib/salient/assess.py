@@ -169,10 +169,12 @@ def try_assessment(*args: Any, **kwargs: Any) -> pd.DataFrame | None:
 def judged_by_category(
     judged: pd.DataFrame, evidence: pd.DataFrame, descriptions: pd.DataFrame | None
 ) -> pd.DataFrame:
-    """Accuracy per group and category (the evidence's category, and the LLM's where it gave one)."""
+    """Accuracy per group and category (the evidence's category, and the LLM's where it gave one:
+    a part with no LLM answer gets no LLM column, not one blank category)."""
     cats = evidence[["name", "category"]].rename(columns={"category": "evidence category"})
     out = judged.merge(cats, on="name", how="left")
-    if descriptions is not None and "category" in descriptions:
+    given = descriptions is not None and "category" in descriptions
+    if given and descriptions["category"].fillna("").astype(str).str.len().gt(0).any():
         llm = descriptions.assign(
             name=descriptions["layer"].astype(int).astype(str)
             + "."

@@ -140,3 +140,19 @@ def test_a_book_without_the_judge_says_so_instead_of_failing(parts, tmp_path, ca
     missing = str(tmp_path / "absent.gguf")
     out = try_assessment(items, ctx, missing, tmp_path / "j.csv", JudgeSetup(), None)
     assert out is None and "The judge cannot run here" in capsys.readouterr().out
+
+
+def test_no_llm_category_column_without_llm_answers() -> None:
+    """A part nobody described gets the evidence's categories only (seen on the Qwen parts)."""
+    from mapslib.salient.assess import judged_by_category
+
+    judged = pd.DataFrame({"name": ["1.0", "1.1"], "group": ["g", "g"], "correct": [True, False]})
+    evidence = pd.DataFrame({"name": ["1.0", "1.1"], "category": ["copying", "no pattern"]})
+    blank = pd.DataFrame({"layer": [1, 1], "head": [0, 1], "category": ["", ""]})
+    out = judged_by_category(judged, evidence, blank)
+    assert "LLM category" not in out and out["evidence category"].tolist() == [
+        "copying",
+        "no pattern",
+    ]
+    named = judged_by_category(judged, evidence, blank.assign(category=["copying", "token class"]))
+    assert named["LLM category"].tolist() == ["copying", "token class"]
